@@ -1,0 +1,51 @@
+"""One layer's Kronecker block: summed statistics, running averages, inverse."""
+
+from __future__ import annotations
+
+import torch
+
+
+class KroneckerBlock:
+    """Statistics of one ``nn.Linear`` layer for the factors ``A`` and ``G``.
+
+    ``A = E[ā āᵀ]`` over the layer's inputs with a 1 appended (so the bias is part of
+    the block) and ``G = E[g gᵀ]`` over the gradients ``g`` of the per-example loss with
+    respect to the layer's outputs (pre-activations). Sums are accumulated over
+    micro-batches and turned into expectations in :meth:`update_running_averages`.
+    """
+
+    def __init__(self, n_in: int, n_out: int, *, dtype, device):
+        self.A_sum = torch.zeros(n_in + 1, n_in + 1, dtype=dtype, device=device)
+        self.G_sum = torch.zeros(n_out, n_out, dtype=dtype, device=device)
+        self.A: torch.Tensor | None = None
+        self.G: torch.Tensor | None = None
+        self.inverse = None
+
+    def add_inputs(self, a: torch.Tensor) -> None:
+        """Add ``Σ ā āᵀ`` over the rows of ``a`` (``ā = [a, 1]``) without concatenating."""
+        d = a.shape[1]
+        self.A_sum[:d, :d].addmm_(a.T, a)
+        column = a.sum(dim=0)
+        self.A_sum[:d, d] += column
+        self.A_sum[d, :d] += column
+        self.A_sum[d, d] += a.shape[0]
+
+    def add_output_gradients(self, g: torch.Tensor) -> None:
+        """Add ``Σ g gᵀ`` over the rows of ``g`` (per-example pre-activation gradients)."""
+        self.G_sum.addmm_(g.T, g)
+
+    def update_running_averages(self, n_examples: int, decay: float) -> None:
+        """Fold the summed statistics of ``n_examples`` into the running averages."""
+        A_batch = self.A_sum / n_examples
+        G_batch = self.G_sum / n_examples
+        if self.A is None:
+            self.A, self.G = A_batch, G_batch
+        else:
+            self.A.mul_(decay).add_(A_batch, alpha=1.0 - decay)
+            self.G.mul_(decay).add_(G_batch, alpha=1.0 - decay)
+        self.A_sum.zero_()
+        self.G_sum.zero_()
+
+    def reset_sums(self) -> None:
+        self.A_sum.zero_()
+        self.G_sum.zero_()

@@ -1,0 +1,108 @@
+"""Damped inverses of one Kronecker block ``A ⊗ G`` and their action on a gradient.
+
+The gradient of a layer is the matrix ``V = [∇W, ∇b]`` (out × in+1); the undamped
+K-FAC update is ``G⁻¹ V A⁻¹ = mat((A ⊗ G)⁻¹ vec(V))``. Each scheme below is built once
+per inverse refresh (the costly part) and then applied to every new gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _eye_like(matrix: torch.Tensor) -> torch.Tensor:
+    return torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+
+
+def damped_inverse(matrix: torch.Tensor, shift: float) -> torch.Tensor:
+    """``(matrix + shift I)⁻¹`` for a symmetric PSD ``matrix``, via Cholesky.
+
+    Falls back to a float64 eigendecomposition (negative eigenvalues clipped to zero)
+    when the Cholesky factorisation fails in the working precision.
+    """
+    damped = matrix + shift * _eye_like(matrix)
+    factor, info = torch.linalg.cholesky_ex(damped)
+    if int(info) == 0:
+        return torch.cholesky_inverse(factor)
+    values, vectors = torch.linalg.eigh(matrix.double())
+    values = values.clamp_min(0.0) + shift
+    if not torch.all(values > 0):
+        raise torch.linalg.LinAlgError("Damped Kronecker factor is singular; increase damping.")
+    inverse = (vectors / values) @ vectors.T
+    return inverse.to(matrix.dtype)
+
+
+def symmetric_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigendecomposition with non-negative eigenvalues, float64 fallback on failure."""
+    try:
+        values, vectors = torch.linalg.eigh(matrix)
+        if not torch.isfinite(values).all():
+            raise torch.linalg.LinAlgError("non-finite eigenvalues")
+    except torch.linalg.LinAlgError:
+        values, vectors = torch.linalg.eigh(matrix.double())
+        values, vectors = values.to(matrix.dtype), vectors.to(matrix.dtype)
+    return values.clamp_min(0.0), vectors
+
+
+class FactoredTikhonov:
+    """``(A + π√λ I)⁻¹`` and ``(G + √λ/π I)⁻¹`` (Martens & Grosse 2015, §6.3).
+
+    ``π² = (tr A / dim A) / (tr G / dim G)`` balances the two shifts so that their
+    Kronecker product is as close as possible to adding ``λ I`` to ``A ⊗ G``.
+    """
+
+    def __init__(self, A: torch.Tensor, G: torch.Tensor, damping: float):
+        mean_a = float(torch.trace(A)) / A.shape[0]
+        mean_g = float(torch.trace(G)) / G.shape[0]
+        tiny = torch.finfo(A.dtype).tiny
+        pi = (max(mean_a, tiny) / max(mean_g, tiny)) ** 0.5
+        root = damping**0.5
+        self.A_inv = damped_inverse(A, pi * root)
+        self.G_inv = damped_inverse(G, root / pi)
+
+    def apply(self, V: torch.Tensor) -> torch.Tensor:
+        return self.G_inv @ V @ self.A_inv
+
+
+class EigenTikhonov:
+    """Exact ``(A ⊗ G + λ I)⁻¹`` through the eigenbases of ``A`` and ``G``.
+
+    With ``A = Qa diag(a) Qaᵀ`` and ``G = Qg diag(g) Qgᵀ`` the eigenvalues of ``A ⊗ G``
+    are the products ``g_i a_j``, so ``(A ⊗ G + λI)⁻¹ vec(V)`` is
+    ``Qg [(Qgᵀ V Qa) / (g aᵀ + λ)] Qaᵀ``.
+    """
+
+    def __init__(self, A: torch.Tensor, G: torch.Tensor, damping: float):
+        self.a, self.Qa = symmetric_eigh(A)
+        self.g, self.Qg = symmetric_eigh(G)
+        self.denominator = torch.outer(self.g, self.a).add_(damping)
+
+    def apply(self, V: torch.Tensor) -> torch.Tensor:
+        rotated = self.Qg.T @ V @ self.Qa
+        return self.Qg @ (rotated / self.denominator) @ self.Qa.T
+
+
+class MaxNormalised:
+    """The study's scheme (§5.2.1): divide ``A``, ``G`` and the update by their max.
+
+    ``A`` and ``G`` are divided by their largest absolute entry, shifted by ``λ I``
+    (without a shift the input factor of image data is singular: border pixels are
+    always zero), inverted, and the resulting update is divided by its largest absolute
+    entry, so each layer's step is at most ``lr`` in every coordinate.
+    """
+
+    def __init__(self, A: torch.Tensor, G: torch.Tensor, damping: float):
+        tiny = torch.finfo(A.dtype).tiny
+        self.A_inv = damped_inverse(A / A.abs().max().clamp_min(tiny), damping)
+        self.G_inv = damped_inverse(G / G.abs().max().clamp_min(tiny), damping)
+
+    def apply(self, V: torch.Tensor) -> torch.Tensor:
+        update = self.G_inv @ V @ self.A_inv
+        return update / update.abs().max().clamp_min(torch.finfo(update.dtype).tiny)
+
+
+DAMPING_SCHEMES = {
+    "tikhonov": FactoredTikhonov,
+    "eigen": EigenTikhonov,
+    "max_norm": MaxNormalised,
+}

@@ -1,0 +1,209 @@
+"""``KFACAutoencoder``: a mirrored deep autoencoder trained on reconstruction error."""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+from sklearn.base import TransformerMixin
+from sklearn.utils import check_array
+from sklearn.utils.validation import check_is_fitted
+
+from skkfac.estimators.base import BaseKFACEstimator
+from skkfac.estimators.docs import COMMON_PARAMETERS, FITTED_ATTRIBUTES
+
+
+class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
+    __doc__ = f"""Deep autoencoder trained by K-FAC or Nesterov SGD.
+
+    The network is ``n_features → encoder_layer_sizes → mirrored decoder → n_features``;
+    the default is the study's (and Hinton & Salakhutdinov's) MNIST autoencoder
+    784-1000-500-250-30-250-500-1000-784. Every hidden layer, the code layer included,
+    applies ``activation``; the output layer is linear. The loss is the per-feature mean
+    squared reconstruction error.
+
+    Parameters
+    ----------
+    encoder_layer_sizes : tuple of int, default=(1000, 500, 250, 30)
+        Widths of the encoder's layers; the last one is the code size.
+{COMMON_PARAMETERS}
+
+    Attributes
+    ----------
+{FITTED_ATTRIBUTES}
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skkfac import KFACAutoencoder
+    >>> X = load_digits().data / 16.0
+    >>> ae = KFACAutoencoder(encoder_layer_sizes=(32, 8), max_iter=20, random_state=0)
+    >>> ae.fit(X).transform(X).shape
+    (1797, 8)
+    >>> bool(ae.score(X) > -0.1)   # negative mean squared reconstruction error
+    True
+    """
+
+    _loss_name = "squared_error"
+    _supervised = False
+
+    def __init__(self, encoder_layer_sizes=(1000, 500, 250, 30), activation="tanh", *,
+                 solver="kfac", alpha=0.0, batch_size="auto", artificial_batch_size=None,
+                 learning_rate_init=None, momentum=0.9, nesterovs_momentum=True,
+                 damping=1e-3, damping_scheme="tikhonov", adapt_damping=True, kl_clip=1e-2,
+                 stat_decay="linear", momentum_rate=1.0, momentum_max=0.6,
+                 inv_update_freq=10, fisher="sampled", curvature_batch_size=None,
+                 max_iter=200, max_time=None, tol=1e-4, n_iter_no_change=10,
+                 early_stopping=False, validation_fraction=0.1, shuffle=True,
+                 eval_every=None, eval_interval=None, random_state=None, verbose=False,
+                 warm_start=False, device="auto", dtype="float32"):
+        self.encoder_layer_sizes = encoder_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.artificial_batch_size = artificial_batch_size
+        self.learning_rate_init = learning_rate_init
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.damping = damping
+        self.damping_scheme = damping_scheme
+        self.adapt_damping = adapt_damping
+        self.kl_clip = kl_clip
+        self.stat_decay = stat_decay
+        self.momentum_rate = momentum_rate
+        self.momentum_max = momentum_max
+        self.inv_update_freq = inv_update_freq
+        self.fisher = fisher
+        self.curvature_batch_size = curvature_batch_size
+        self.max_iter = max_iter
+        self.max_time = max_time
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.shuffle = shuffle
+        self.eval_every = eval_every
+        self.eval_interval = eval_interval
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.device = device
+        self.dtype = dtype
+
+    def _layer_sizes(self):
+        encoder = tuple(self.encoder_layer_sizes)
+        return encoder + encoder[-2::-1]
+
+    def _validate_layer_sizes(self):
+        encoder = tuple(self.encoder_layer_sizes)
+        if not encoder or any(not isinstance(s, Integral) or s < 1 for s in encoder):
+            raise ValueError("encoder_layer_sizes must be a non-empty tuple of positive "
+                             f"integers, got {self.encoder_layer_sizes!r}.")
+
+    def fit(self, X, y=None, eval_set=None):
+        """Train to reconstruct ``X``; ``eval_set=X_val`` records learning curves.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : ignored
+        eval_set : array-like or tuple, optional
+            Held-out inputs ``X_val`` (or ``(X_val,)``/``(X_val, None)``).
+
+        Returns
+        -------
+        self : KFACAutoencoder
+        """
+        self._validate_params()
+        return self._fit(X, None, eval_set=eval_set)
+
+    def partial_fit(self, X, y=None):
+        """One epoch over ``X``, continuing from the current state.
+
+        Returns
+        -------
+        self : KFACAutoencoder
+        """
+        if not hasattr(self, "model_"):
+            self._validate_params()
+        return self._fit(X, None, incremental=True)
+
+    def _encode_targets(self, y):
+        return y
+
+    def _n_outputs(self, y_encoded):
+        return y_encoded.shape[1]
+
+    def _split_eval_set(self, eval_set):
+        if isinstance(eval_set, (tuple, list)) and len(eval_set) in (1, 2):
+            return eval_set[0], None
+        return eval_set, None
+
+    def _score_outputs(self, output, target):
+        return -float((output - target).square().mean())
+
+    @property
+    def _n_encoder_modules(self) -> int:
+        # Each encoder layer is a Linear followed by its activation.
+        return 2 * len(self.encoder_layer_sizes)
+
+    def transform(self, X):
+        """The code (output of the last encoder layer, after its activation).
+
+        Returns
+        -------
+        code : ndarray of shape (n_samples, encoder_layer_sizes[-1])
+        """
+        return self._predict_outputs(X, self.model_[:self._n_encoder_modules])
+
+    def inverse_transform(self, X):
+        """Decode codes back to the input space.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, encoder_layer_sizes[-1])
+
+        Returns
+        -------
+        X_reconstructed : ndarray of shape (n_samples, n_features_in_)
+        """
+        check_is_fitted(self, "model_")
+        codes = self._check_codes(X)
+        return self._forward(self._to_tensor(codes),
+                             self.model_[self._n_encoder_modules:]).cpu().numpy()
+
+    def _check_codes(self, X):
+        codes = check_array(X, dtype=(np.float64, np.float32))
+        if codes.shape[1] != self.encoder_layer_sizes[-1]:
+            raise ValueError(f"X has {codes.shape[1]} features, but the code size of this "
+                             f"autoencoder is {self.encoder_layer_sizes[-1]}.")
+        return codes
+
+    def predict(self, X):
+        """Reconstruction of ``X``.
+
+        Returns
+        -------
+        X_reconstructed : ndarray of shape (n_samples, n_features_in_)
+        """
+        return self._predict_outputs(X)
+
+    def score(self, X, y=None, sample_weight=None):
+        """Negative mean squared reconstruction error (higher is better).
+
+        Returns
+        -------
+        score : float
+        """
+        reconstruction = self.predict(X)
+        X = np.asarray(X, dtype=reconstruction.dtype)
+        errors = ((reconstruction - X) ** 2).mean(axis=1)
+        return -float(np.average(errors, weights=sample_weight))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = False
+        # Outputs are in the network's dtype, whatever the input's.
+        tags.transformer_tags.preserves_dtype = [self.dtype]
+        return tags

@@ -1,0 +1,118 @@
+"""``KFACClassifier``: softmax cross-entropy classification."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets, unique_labels
+
+from skkfac.estimators._params import MLPEstimator
+from skkfac.estimators.docs import COMMON_PARAMETERS, FITTED_ATTRIBUTES
+
+
+class KFACClassifier(ClassifierMixin, MLPEstimator):
+    __doc__ = f"""Multi-layer perceptron classifier trained by K-FAC or Nesterov SGD.
+
+    The network has one output per class, a softmax and the cross-entropy loss; labels
+    may be any hashable values (strings, integers).
+
+    Parameters
+    ----------
+{COMMON_PARAMETERS}
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels.
+{FITTED_ATTRIBUTES}
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from skkfac import KFACClassifier
+    >>> X, y = load_iris(return_X_y=True)
+    >>> clf = KFACClassifier(hidden_layer_sizes=(16,), max_iter=100, random_state=0)
+    >>> clf.fit(X, y).score(X, y) > 0.9
+    True
+    """
+
+    _loss_name = "cross_entropy"
+
+    def fit(self, X, y, eval_set=None):
+        """Train on ``(X, y)``; ``eval_set=(X_val, y_val)`` records learning curves.
+
+        Returns
+        -------
+        self : KFACClassifier
+        """
+        self._validate_params()
+        return self._fit(X, y, eval_set=eval_set)
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over ``(X, y)``; ``classes`` is required on the first call.
+
+        Returns
+        -------
+        self : KFACClassifier
+        """
+        if not hasattr(self, "model_"):
+            self._validate_params()
+            if classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit.")
+        return self._fit(X, y, incremental=True, classes=classes)
+
+    def _learn_target_encoding(self, y, classes=None):
+        check_classification_targets(y)
+        self.classes_ = unique_labels(y if classes is None else classes)
+        if len(self.classes_) < 2:
+            raise ValueError("The classifier needs samples of at least 2 classes in the "
+                             f"data, got one class: {self.classes_.tolist()}.")
+
+    def _encode_targets(self, y):
+        check_classification_targets(y)
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y.ravel()
+        unseen = np.setdiff1d(unique_labels(y), self.classes_)
+        if unseen.size:
+            raise ValueError(f"y contains labels not seen before: {unseen.tolist()}; "
+                             f"known classes are {self.classes_.tolist()}.")
+        return np.searchsorted(self.classes_, y)
+
+    def _n_outputs(self, y_encoded):
+        return len(self.classes_)
+
+    def _score_outputs(self, output, target):
+        return float((output.argmax(dim=1) == target).to(torch.float64).mean())
+
+    def predict_proba(self, X):
+        """Class probabilities.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Columns follow ``classes_``.
+        """
+        logits = torch.from_numpy(self._predict_outputs(X)).double()
+        return torch.softmax(logits, dim=1).numpy()
+
+    def predict_log_proba(self, X):
+        """Logarithm of :meth:`predict_proba`, computed stably.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_classes)
+        """
+        logits = torch.from_numpy(self._predict_outputs(X)).double()
+        return torch.log_softmax(logits, dim=1).numpy()
+
+    def predict(self, X):
+        """Most probable class per sample.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,)
+        """
+        indices = self._predict_outputs(X).argmax(axis=1)
+        return self.classes_[indices]

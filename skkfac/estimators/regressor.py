@@ -1,0 +1,92 @@
+"""``KFACRegressor``: squared-error regression, one or several outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import RegressorMixin
+
+from skkfac.estimators._params import MLPEstimator
+from skkfac.estimators.docs import COMMON_PARAMETERS, FITTED_ATTRIBUTES
+
+
+class KFACRegressor(RegressorMixin, MLPEstimator):
+    __doc__ = f"""Multi-layer perceptron regressor trained by K-FAC or Nesterov SGD.
+
+    The loss is the mean squared error over samples and outputs. ``predict`` returns a
+    1-d array when ``y`` was 1-d at fit time, else ``(n_samples, n_outputs)``.
+
+    Parameters
+    ----------
+{COMMON_PARAMETERS}
+
+    Attributes
+    ----------
+{FITTED_ATTRIBUTES}
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_regression
+    >>> from skkfac import KFACRegressor
+    >>> X, y = make_regression(n_samples=200, n_features=5, noise=0.1, random_state=0)
+    >>> reg = KFACRegressor(hidden_layer_sizes=(16,), max_iter=50, random_state=0)
+    >>> reg.fit(X, y / y.std()).score(X, y / y.std()) > 0.9
+    True
+    """
+
+    _loss_name = "squared_error"
+    _multi_output = True
+
+    def fit(self, X, y, eval_set=None):
+        """Train on ``(X, y)``; ``eval_set=(X_val, y_val)`` records learning curves.
+
+        Returns
+        -------
+        self : KFACRegressor
+        """
+        self._validate_params()
+        return self._fit(X, y, eval_set=eval_set)
+
+    def partial_fit(self, X, y):
+        """One epoch over ``(X, y)``, continuing from the current state.
+
+        Returns
+        -------
+        self : KFACRegressor
+        """
+        if not hasattr(self, "model_"):
+            self._validate_params()
+        return self._fit(X, y, incremental=True)
+
+    def _learn_target_encoding(self, y, classes=None):
+        self._y_was_1d = np.ndim(y) == 1
+
+    def _encode_targets(self, y):
+        y = np.asarray(y)
+        return y.reshape(len(y), -1)
+
+    def _n_outputs(self, y_encoded):
+        return y_encoded.shape[1]
+
+    def _score_outputs(self, output, target):
+        residual = (target - output).square().sum(dim=0)
+        total = (target - target.mean(dim=0)).square().sum(dim=0)
+        r2 = torch.where(total > 0, 1 - residual / total.clamp_min(1e-300),
+                         torch.where(residual > 0, torch.zeros_like(total),
+                                     torch.ones_like(total)))
+        return float(r2.mean())
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def predict(self, X):
+        """Predicted targets.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+        """
+        output = self._predict_outputs(X).astype(np.float64, copy=False)
+        return output.ravel() if self._y_was_1d else output

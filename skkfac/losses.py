@@ -1,0 +1,94 @@
+"""Output distributions: the loss, its curvature and sampling from the model.
+
+Each loss is the negative log-likelihood of a predictive distribution over targets
+given the network output ``z``. K-FAC needs three things from it:
+
+* the per-example loss (its mean over a batch is the training objective);
+* targets drawn from the model's own predictive distribution, whose gradients give the
+  *true* Fisher (``fisher='sampled'``);
+* a square root of the Hessian of the per-example loss with respect to ``z``, whose
+  columns, back-propagated, give the exact expectation over that distribution
+  (``fisher='exact'``; the K-FAC factor of the generalised Gauss-Newton matrix).
+
+The distributions are scaled so that the Fisher equals the Gauss-Newton matrix of the
+loss as written, whatever its normalisation: a learning rate of 1 is then a
+(K-FAC-)Newton step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class SquaredError:
+    """Per-example loss ``mean_j (z_j - y_j)**2`` (the study's per-pixel MSE).
+
+    The matching predictive distribution is ``N(z, (d/2) I)`` with ``d`` outputs: its
+    negative log-likelihood is the loss up to a constant, so its Fisher equals the
+    loss's Hessian ``(2/d) I`` with respect to ``z``.
+    """
+
+    name = "squared_error"
+
+    def per_example(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (output - target).square().mean(dim=1)
+
+    def sample_targets(self, output: torch.Tensor, generator=None) -> torch.Tensor:
+        std = math.sqrt(output.shape[1] / 2.0)
+        noise = torch.randn(output.shape, generator=generator, device=output.device,
+                            dtype=output.dtype)
+        return output.detach() + std * noise
+
+    def hessian_sqrt_columns(self, output: torch.Tensor):
+        """Yield ``c_j`` (shape ``(n, d)``) with ``sum_j c_j c_j^T`` = per-example Hessian."""
+        d = output.shape[1]
+        scale = math.sqrt(2.0 / d)
+        for j in range(d):
+            column = torch.zeros_like(output)
+            column[:, j] = scale
+            yield column
+
+    def quadratic(self, output: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch of ``v^T H v`` for output-space directions ``v``."""
+        return direction.square().sum(dim=1).mean() * (2.0 / output.shape[1])
+
+
+class CrossEntropy:
+    """Per-example loss ``-log softmax(z)[y]`` for integer class targets."""
+
+    name = "cross_entropy"
+
+    def per_example(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, target, reduction="none")
+
+    def sample_targets(self, output: torch.Tensor, generator=None) -> torch.Tensor:
+        probabilities = torch.softmax(output.detach(), dim=1)
+        return torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+
+    def hessian_sqrt_columns(self, output: torch.Tensor):
+        # diag(p) - p p^T = sum_j p_j (e_j - p)(e_j - p)^T
+        p = torch.softmax(output.detach(), dim=1)
+        for j in range(output.shape[1]):
+            column = -p.clone()
+            column[:, j] += 1.0
+            yield column * p[:, j : j + 1].sqrt()
+
+    def quadratic(self, output: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(output.detach(), dim=1)
+        return ((p * direction.square()).sum(dim=1) - (p * direction).sum(dim=1).square()).mean()
+
+
+LOSSES = {cls.name: cls for cls in (SquaredError, CrossEntropy)}
+
+
+def get_loss(loss) -> SquaredError | CrossEntropy:
+    """Return a loss object from its name, or ``loss`` itself if it is one already."""
+    if isinstance(loss, str):
+        try:
+            return LOSSES[loss]()
+        except KeyError:
+            raise ValueError(f"Unknown loss {loss!r}; expected one of {sorted(LOSSES)}.") from None
+    return loss

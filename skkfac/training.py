@@ -1,0 +1,263 @@
+"""The training loop shared by every estimator and solver.
+
+Responsibilities: shuffling with the estimator's random state, mini-batches held as
+tensor slices on the device, artificial batches (several micro-batches per update),
+the epoch / wall-clock budgets, the evaluation schedule for learning curves, sklearn's
+convergence and early-stopping rules, and rejecting diverged updates so that a
+non-finite loss never leaves NaN weights behind.
+
+Training time is measured with the clock paused while evaluating, as in the study.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from skkfac.solvers.base import Solver
+
+#: Consecutive rejected updates after which training gives up.
+MAX_CONSECUTIVE_REJECTIONS = 8
+
+
+class TrainingClock:
+    """Accumulates training seconds; evaluation happens outside ``running()``."""
+
+    def __init__(self, device: torch.device, elapsed: float = 0.0):
+        self.device = device
+        self.elapsed = elapsed
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __enter__(self):
+        self._sync()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self._sync()
+        self.elapsed += time.perf_counter() - self._start
+        return False
+
+
+@dataclass
+class TrainingConfig:
+    """What the trainer needs to know from the estimator's parameters."""
+
+    batch_size: int
+    artificial_batch_size: int | None = None
+    max_epochs: int = 200
+    max_time: float | None = None
+    tol: float = 1e-4
+    n_iter_no_change: int = 10
+    early_stopping: bool = False
+    eval_every: int | None = None
+    eval_interval: float | None = None
+    shuffle: bool = True
+    verbose: bool = False
+
+    @property
+    def update_size(self) -> int:
+        return self.artificial_batch_size or self.batch_size
+
+
+@dataclass
+class TrainingProgress:
+    """Everything that carries over between ``fit``/``partial_fit`` calls."""
+
+    n_epochs: int = 0
+    n_updates: int = 0
+    samples_seen: int = 0
+    train_time: float = 0.0
+    loss_curve: list = field(default_factory=list)
+    history: list = field(default_factory=list)
+    validation_scores: list = field(default_factory=list)
+    best_loss: float = math.inf
+    best_validation_score: float = -math.inf
+    no_improvement_count: int = 0
+    n_rejected_updates: int = 0
+    stop_reason: str = ""
+
+
+class Trainer:
+    """Runs a :class:`~skkfac.solvers.base.Solver` over a data set.
+
+    Parameters
+    ----------
+    config : TrainingConfig
+    evaluate : callable, optional
+        ``evaluate() -> (loss, score)`` on the held-out ``eval_set``, called on the
+        evaluation schedule with the training clock paused.
+    validate : callable, optional
+        ``validate() -> score`` on the early-stopping split, once per epoch.
+    """
+
+    def __init__(self, config: TrainingConfig, *, evaluate: Callable | None = None,
+                 validate: Callable | None = None):
+        self.config = config
+        self.evaluate = evaluate
+        self.validate = validate
+
+    def run(self, solver: Solver, X: torch.Tensor, y: torch.Tensor,
+            progress: TrainingProgress, *, rng: np.random.RandomState,
+            max_epochs: int | None = None, check_convergence: bool = True,
+            ) -> TrainingProgress:
+        """Train for at most ``max_epochs`` epochs (default: the config's).
+
+        ``check_convergence=False`` (``partial_fit``) skips sklearn's stopping rules.
+        """
+        config = self.config
+        clock = TrainingClock(X.device, progress.train_time)
+        self._window_loss, self._window_count = 0.0, 0
+        self._best_weights = None
+        self._reference_loss: float | None = None
+        self._consecutive_rejections = 0
+        self._last_eval = (progress.n_updates, progress.train_time)
+        if not progress.history:
+            self._record(solver, progress)
+        progress.stop_reason = ""
+        epochs = config.max_epochs if max_epochs is None else max_epochs
+        for _ in range(epochs):
+            epoch_loss = self._run_epoch(solver, X, y, progress, clock, rng)
+            if epoch_loss is None:  # stopped within the epoch
+                break
+            progress.n_epochs += 1
+            progress.loss_curve.append(epoch_loss)
+            if config.verbose:
+                print(f"Epoch {progress.n_epochs}, loss = {epoch_loss:.8f}, "
+                      f"updates = {progress.n_updates}, time = {clock.elapsed:.2f}s")
+            if config.eval_every is None and config.eval_interval is None:
+                self._record(solver, progress)
+            if check_convergence and self._converged(solver, progress, epoch_loss):
+                progress.stop_reason = "converged"
+                break
+        else:
+            progress.stop_reason = "max_iter"
+        self._finish(solver, progress)
+        return progress
+
+    # -- one epoch -----------------------------------------------------------------------
+    def _run_epoch(self, solver, X, y, progress, clock, rng):
+        config = self.config
+        n = X.shape[0]
+        if config.shuffle:
+            order = torch.from_numpy(rng.permutation(n)).to(X.device)
+            X, y = X[order], y[order]
+        epoch_loss, epoch_count = 0.0, 0
+        pending_loss = torch.zeros((), dtype=X.dtype, device=X.device)
+        for start in range(0, n, config.batch_size):
+            X_batch = X[start:start + config.batch_size]
+            y_batch = y[start:start + config.batch_size]
+            with clock:
+                pending_loss += solver.accumulate(X_batch, y_batch)
+                progress.samples_seen += X_batch.shape[0]
+                if solver.n_accumulated >= config.update_size:
+                    batch_loss = float(pending_loss) / solver.n_accumulated
+                    count = solver.n_accumulated
+                    pending_loss.zero_()
+                    if not self._update(solver, progress, batch_loss):
+                        progress.train_time = clock.elapsed
+                        return None
+                    epoch_loss += batch_loss * count
+                    epoch_count += count
+                    self._window_loss += batch_loss * count
+                    self._window_count += count
+            progress.train_time = clock.elapsed
+            if config.max_time is not None and clock.elapsed >= config.max_time:
+                progress.stop_reason = "max_time"
+                return None
+            if self._evaluation_due(progress):
+                self._record(solver, progress)
+        return epoch_loss / epoch_count if epoch_count else math.nan
+
+    def _update(self, solver: Solver, progress: TrainingProgress, batch_loss: float) -> bool:
+        """Check the loss at the current weights, then step. False means stop training."""
+        reference = self._reference_loss
+        if solver.is_rejected(batch_loss, reference):
+            return self._reject(solver, progress, batch_loss)
+        self._consecutive_rejections = 0
+        self._reference_loss = (batch_loss if reference is None
+                                else 0.8 * reference + 0.2 * batch_loss)
+        solver.backup()
+        solver.step()
+        progress.n_updates += 1
+        return True
+
+    def _reject(self, solver, progress, batch_loss) -> bool:
+        has_backup = solver.has_backup
+        if has_backup:
+            solver.restore()
+        else:
+            solver.discard()
+        progress.n_rejected_updates += 1
+        self._consecutive_rejections += 1
+        if (solver.recovers_from_divergence and has_backup
+                and self._consecutive_rejections < MAX_CONSECUTIVE_REJECTIONS):
+            return True
+        progress.stop_reason = "diverged"
+        warnings.warn(
+            f"Training stopped after update {progress.n_updates}: the loss became "
+            f"{batch_loss:.4g}. The last weights with a finite loss were kept; "
+            "try a smaller learning rate (or more damping for K-FAC).",
+            RuntimeWarning, stacklevel=4)
+        return False
+
+    # -- evaluation and stopping rules ----------------------------------------------------
+    def _evaluation_due(self, progress: TrainingProgress) -> bool:
+        config = self.config
+        last_update, last_time = self._last_eval
+        if config.eval_every is not None and progress.n_updates - last_update >= config.eval_every:
+            return True
+        return (config.eval_interval is not None
+                and progress.train_time - last_time >= config.eval_interval)
+
+    def _record(self, solver, progress) -> None:
+        train_loss = (self._window_loss / self._window_count
+                      if self._window_count else math.nan)
+        eval_loss = eval_score = math.nan
+        if self.evaluate is not None:
+            eval_loss, eval_score = self.evaluate()
+        row = {"update": progress.n_updates, "epoch": progress.n_epochs,
+               "samples": progress.samples_seen, "time": progress.train_time,
+               "train_loss": train_loss, "eval_loss": eval_loss, "eval_score": eval_score}
+        row.update({f"time_{phase}": seconds for phase, seconds in solver.phase_times.items()})
+        progress.history.append(row)
+        self._window_loss, self._window_count = 0.0, 0
+        self._last_eval = (progress.n_updates, progress.train_time)
+        if self.config.verbose and self.evaluate is not None:
+            print(f"  update {progress.n_updates}: eval loss = {eval_loss:.6g}, "
+                  f"eval score = {eval_score:.6g} at {progress.train_time:.2f}s")
+
+    def _converged(self, solver, progress, epoch_loss) -> bool:
+        """sklearn's MLP rule: no improvement larger than ``tol`` for n_iter_no_change epochs."""
+        tol = self.config.tol
+        if self.config.early_stopping:
+            score = self.validate()
+            progress.validation_scores.append(score)
+            improved = score >= progress.best_validation_score + tol
+            if score > progress.best_validation_score:
+                progress.best_validation_score = score
+                self._best_weights = [p.detach().clone() for p in solver.params]
+        else:
+            improved = epoch_loss <= progress.best_loss - tol
+            progress.best_loss = min(progress.best_loss, epoch_loss)
+        progress.no_improvement_count = 0 if improved else progress.no_improvement_count + 1
+        return progress.no_improvement_count > self.config.n_iter_no_change
+
+    def _finish(self, solver, progress) -> None:
+        with torch.no_grad():
+            if self._best_weights is not None:
+                torch._foreach_copy_([p.data for p in solver.params], self._best_weights)
+            elif not all(torch.isfinite(p).all() for p in solver.params):
+                solver.restore()
+        solver.discard()
+        if progress.history[-1]["update"] != progress.n_updates or self._window_count:
+            self._record(solver, progress)
