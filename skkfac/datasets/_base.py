@@ -124,12 +124,16 @@ def ensure_writable_dir(path: Path) -> Path:
     ------
     PermissionError
         If the folder (or the first existing ancestor, when creating) is read-only.
+    NotADirectoryError
+        If that ancestor is a file.
     """
     probe = path
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise NotADirectoryError(f"cannot create {path}: {probe} is not a folder")
     if probe.exists() and not is_writable_dir(probe):
         raise PermissionError(
             f"cannot write into {probe}: the folder is read-only (mode "

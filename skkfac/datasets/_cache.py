@@ -9,7 +9,9 @@ consult among the sources, so editing a checksum list also invalidates the cache
 
 A cache is reused only if the sources are the same paths and each is unchanged: a file
 must have the same size and either the same mtime or, failing that, the same SHA-256
-(a mere ``touch`` does not force a rebuild); a folder must have the same listing.
+(a mere ``touch`` does not force a rebuild); a folder must have the same listing. A file
+modified less than :data:`RACY_NS` before the cache was written is always re-hashed, since
+a same-size rewrite within the file system's timestamp granularity could keep its mtime.
 Anything else, including an unreadable cache, makes the loader decode the sources again
 and overwrite the cache.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -38,6 +41,8 @@ from skkfac.datasets._checksums import sha256_file
 
 CACHE_FORMAT = 1
 _META_KEY = "meta_json"
+#: Sources modified this close (ns) before the cache was written are verified by content.
+RACY_NS = 2_000_000_000
 
 
 def _listing_digest(folder: Path) -> tuple[str, int]:
@@ -84,7 +89,7 @@ def cache_paths(dataset_dir: Path, stem: str) -> list[Path]:
     ]
 
 
-def _unchanged(record: dict) -> bool:
+def _unchanged(record: dict, written_ns: int) -> bool:
     path = Path(record["path"])
     try:
         if record["kind"] == "tree":
@@ -94,9 +99,9 @@ def _unchanged(record: dict) -> bool:
         return False
     if st.st_size != record["size"]:
         return False
-    if st.st_mtime_ns == record["mtime_ns"]:
+    if st.st_mtime_ns == record["mtime_ns"] and record["mtime_ns"] < written_ns - RACY_NS:
         return True
-    return sha256_file(path) == record["sha256"]  # touched, maybe not changed
+    return sha256_file(path) == record["sha256"]  # touched (or racy), maybe not changed
 
 
 def load_cache(candidates: list[Path], key: dict, sources: list[Path]):
@@ -123,7 +128,7 @@ def _read_valid(cand: Path, key: dict, wanted: list[str]):
                 meta.get("format") == CACHE_FORMAT
                 and meta.get("key") == key
                 and [r["path"] for r in meta["sources"]] == wanted
-                and all(_unchanged(r) for r in meta["sources"])
+                and all(_unchanged(r, meta.get("written_ns", 0)) for r in meta["sources"])
             )
             if not valid:
                 return None
@@ -141,7 +146,8 @@ def save_cache(candidates: list[Path], arrays: dict, key: dict, records: list[di
     (:func:`is_writable_dir`: a folder without write bits counts as read-only even for
     root). Failing to write anywhere only warns and returns ``None``.
     """
-    meta = {"format": CACHE_FORMAT, "key": key, "sources": records, "extra": extra or {}}
+    meta = {"format": CACHE_FORMAT, "key": key, "sources": records, "extra": extra or {},
+            "written_ns": time.time_ns()}
     payload = dict(arrays)
     payload[_META_KEY] = np.array(json.dumps(meta))
     errors = []

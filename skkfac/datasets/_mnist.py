@@ -269,7 +269,6 @@ def load_mnist(data_home=None, *, cache=True, download=False):
             records += [source_record(p) for p in sums]
             cache_path = save_cache(candidates, arrays, _CACHE_KEY, records,
                                     {"verified_with": vouched})
-    sources = files
     data = Bunch(
         X_train=_scale(arrays["X_train"]),
         y_train=arrays["y_train"].astype(np.int64),
@@ -277,7 +276,7 @@ def load_mnist(data_home=None, *, cache=True, download=False):
         y_test=arrays["y_test"].astype(np.int64),
         feature_names=[f"pixel_{r}_{c}" for r in range(28) for c in range(28)],
         target_names=[str(d) for d in range(10)],
-        source=[str(p) for p in sources],
+        source=[str(p) for p in files],
         cache_path=None if cache_path is None else str(cache_path),
         from_cache=hit is not None,
     )

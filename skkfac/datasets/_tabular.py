@@ -23,15 +23,18 @@ _READ_ERRORS = (
 
 @contextlib.contextmanager
 def open_csv(path: Path, member: str | None = None):
-    """Open ``path`` as a binary stream: plain, gzip (by magic bytes) or a zip member.
+    """Open ``path`` as a binary stream: plain, gzip or a zip member (told by magic bytes).
 
-    ``member`` is the base name of the CSV inside a ``.zip``; the zip must hold it.
+    ``member`` is the base name of the CSV inside a zip archive, which must hold it.
     """
     path = Path(path)
     with contextlib.ExitStack() as stack:
-        if path.suffix.lower() == ".zip":
+        raw = stack.enter_context(open(path, "rb"))
+        head = raw.read(4)
+        raw.seek(0)
+        if head == b"PK\x03\x04":
             try:
-                archive = stack.enter_context(zipfile.ZipFile(path))
+                archive = stack.enter_context(zipfile.ZipFile(raw))
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
                 raise DatasetCorruptError(f"{path}: not a readable zip archive ({exc})") from exc
             names = [n for n in archive.namelist()
@@ -42,11 +45,7 @@ def open_csv(path: Path, member: str | None = None):
                     f"(members: {archive.namelist()[:5]})"
                 )
             yield stack.enter_context(archive.open(names[0]))
-            return
-        raw = stack.enter_context(open(path, "rb"))
-        head = raw.read(2)
-        raw.seek(0)
-        if head == b"\x1f\x8b":
+        elif head[:2] == b"\x1f\x8b":
             yield stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
         else:
             yield raw
