@@ -51,9 +51,9 @@ class SquaredError:
             column[:, j] = scale
             yield column
 
-    def quadratic(self, output: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-        """Mean over the batch of ``v^T H v`` for output-space directions ``v``."""
-        return direction.square().sum(dim=1).mean() * (2.0 / output.shape[1])
+    def fisher_inner(self, output: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> float:
+        """Batch mean of ``uᵀ H v`` for output-space vectors ``u``, ``v`` (H: loss Hessian)."""
+        return float((u * v).sum(dim=1).mean()) * (2.0 / output.shape[1])
 
 
 class CrossEntropy:
@@ -76,16 +76,37 @@ class CrossEntropy:
             column[:, j] += 1.0
             yield column * p[:, j : j + 1].sqrt()
 
-    def quadratic(self, output: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    def fisher_inner(self, output: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> float:
+        """Batch mean of ``uᵀ (diag(p) − p pᵀ) v``."""
         p = torch.softmax(output.detach(), dim=1)
-        return ((p * direction.square()).sum(dim=1) - (p * direction).sum(dim=1).square()).mean()
+        return float(((p * u * v).sum(dim=1) - (p * u).sum(dim=1) * (p * v).sum(dim=1)).mean())
 
 
 LOSSES = {cls.name: cls for cls in (SquaredError, CrossEntropy)}
 
 
 def get_loss(loss) -> SquaredError | CrossEntropy:
-    """Return a loss object from its name, or ``loss`` itself if it is one already."""
+    """Return a loss object from its name, or ``loss`` itself if it is one already.
+
+    Parameters
+    ----------
+    loss : {'squared_error', 'cross_entropy'} or loss object
+
+    Returns
+    -------
+    SquaredError or CrossEntropy
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skkfac.losses import get_loss
+    >>> mse = get_loss("squared_error")
+    >>> mse.per_example(torch.zeros(2, 4), torch.ones(2, 4))  # mean over the 4 outputs
+    tensor([1., 1.])
+    >>> logits = torch.zeros(5, 3)
+    >>> get_loss("cross_entropy").sample_targets(logits, torch.Generator().manual_seed(0)).shape
+    torch.Size([5])
+    """
     if isinstance(loss, str):
         try:
             return LOSSES[loss]()

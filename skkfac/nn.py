@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -52,7 +53,7 @@ def build_mlp(
     """
     widths = [n_inputs, *hidden_layer_sizes, n_outputs]
     layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
         linear = nn.Linear(fan_in, fan_out, bias=True)
         bound = math.sqrt(6.0 / (fan_in + fan_out))
         with torch.no_grad():

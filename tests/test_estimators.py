@@ -223,7 +223,7 @@ def test_bad_data_raises(regression_data):
         reg.fit(X, y[:-1])
     with pytest.raises(ValueError, match="minimum of 2"):
         reg.fit(X[:1], y[:1])
-    with pytest.raises(ValueError, match="Unknown label type|continuous"):
+    with pytest.raises(ValueError, match=r"Unknown label type|continuous"):
         KFACClassifier().fit(X, y)
     with pytest.raises(ValueError, match="CUDA is not available"):
         KFACRegressor(device="cuda").fit(X, y)

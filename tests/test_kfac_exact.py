@@ -33,7 +33,8 @@ def per_example_preactivation_grads(model, loss, X, targets):
     result = [[] for _ in layers]
     for x, t in zip(X, targets):
         outs = []
-        hooks = [layer.register_forward_hook(lambda m, a, o: outs.append(o)) for layer in layers]
+        hooks = [layer.register_forward_hook(lambda m, a, o, outs=outs: outs.append(o))
+                 for layer in layers]
         z = model(x[None])
         for h in hooks:
             h.remove()
@@ -54,7 +55,8 @@ def layer_inputs(model, X):
 
 
 def plain(model, loss, **kw):
-    params = dict(lr=1.0, damping=1e-3, adapt_damping=False, kl_clip=None, momentum=0.0)
+    params = dict(lr=1.0, damping=1e-3, adapt_damping=False, adaptive_step=False, kl_clip=None,
+                  momentum=0.0)
     params.update(kw)
     return KFAC(model, loss, **params)
 
@@ -93,7 +95,7 @@ def test_exact_fisher_factor_is_expectation_over_model_distribution(loss):
         for x, t in zip(X, y):
             def z_of_s(s, x=x, i=i):
                 h = x[None]
-                for j, module in enumerate(model):
+                for module in model:
                     h = s if module is layers[i] else module(h)
                 return h[0]
             with torch.no_grad():
@@ -114,7 +116,8 @@ def test_update_equals_explicit_kronecker_inverse(scheme):
     opt = plain(model, "squared_error", fisher="exact", damping_scheme=scheme,
                 damping=damping, lr=lr)
     opt.accumulate(X, y)
-    grads = [torch.cat([l.weight.grad, l.bias.grad[:, None]], 1) / len(X) for l in opt.layers]
+    grads = [torch.cat([layer.weight.grad, layer.bias.grad[:, None]], 1) / len(X)
+             for layer in opt.layers]
     A_list = [b.A_sum / len(X) for b in opt.blocks]
     G_list = [b.G_sum / len(X) for b in opt.blocks]
     opt.step()
@@ -249,7 +252,7 @@ def test_rejected_update_restores_weights_and_raises_damping():
     for a, b in zip(saved, model.parameters()):
         torch.testing.assert_close(a, b.detach())
     assert opt.hyper["damping"] == pytest.approx(0.1)
-    assert all("momentum_buffer" not in opt.state[l.weight] for l in opt.layers)
+    assert all("momentum_buffer" not in opt.state[layer.weight] for layer in opt.layers)
 
 
 def test_curvature_subsample_uses_only_the_first_rows():
@@ -262,6 +265,13 @@ def test_curvature_subsample_uses_only_the_first_rows():
         torch.testing.assert_close(a.A_sum, b.A_sum)
         torch.testing.assert_close(a.G_sum, b.G_sum)
     assert sub.n_accumulated == 10 and sub.n_curvature_examples == 4
+    split = plain(small_net(), "squared_error", fisher="exact", curvature_batch_size=4)
+    for part in (slice(0, 3), slice(3, 6), slice(6, 10)):  # rows 0-3 span two micro-batches
+        split.accumulate(X[part], y[part])
+    for a, b in zip(full.blocks, split.blocks):
+        torch.testing.assert_close(a.A_sum, b.A_sum)
+        torch.testing.assert_close(a.G_sum, b.G_sum)
+    torch.testing.assert_close(split._curvature_batch()[0], X[:4])
 
 
 def test_state_dict_round_trip_and_pickle():
@@ -277,3 +287,68 @@ def test_state_dict_round_trip_and_pickle():
     clone.accumulate(X, y)
     clone.step()
     assert clone.hyper["step"] == 2
+
+
+def test_adaptive_step_minimises_the_exact_quadratic_model():
+    """α, μ solve the 2 × 2 system of the Gauss–Newton model built from explicit Jacobians."""
+    X, y = data(n=5)
+    model = small_net()
+    damping = 0.01
+    opt = plain(model, "squared_error", damping=damping, adaptive_step=True, random_state=0)
+    captured = {}
+    original = opt._rescaled_steps
+
+    def spy(directions, gradients, damping_used):
+        captured.update(directions=[d.clone() for d in directions],
+                        gradients=[g.clone() for g in gradients],
+                        previous=[opt.state[layer.weight].get("previous_step")
+                                  for layer in opt.layers],
+                        params=[p.detach().clone() for p in model.parameters()])
+        return original(directions, gradients, damping_used)
+
+    opt._rescaled_steps = spy
+    for _ in range(2):
+        opt.accumulate(X, y)
+        opt.step()
+
+    def flat(per_layer):  # [W | b] blocks → the order of model.parameters()
+        return torch.cat([torch.cat([m[:, :-1].reshape(-1), m[:, -1]]) for m in per_layer])
+
+    shapes = [p.shape for p in model.parameters()]
+
+    def output_of(theta):
+        tensors, offset = [], 0
+        for shape in shapes:
+            size = int(torch.tensor(shape).prod())
+            tensors.append(theta[offset:offset + size].reshape(shape))
+            offset += size
+        h = X
+        for i, layer in enumerate(opt.layers):
+            h = h @ tensors[2 * i].T + tensors[2 * i + 1]
+            if i < len(opt.layers) - 1:
+                h = torch.tanh(h)
+        return h
+
+    theta = torch.cat([p.reshape(-1) for p in captured["params"]])
+    J = torch.autograd.functional.jacobian(output_of, theta)  # (n, d, P)
+    d = J.shape[1]
+    F = torch.einsum("ndp,ndq->pq", J, J) * (2 / d) / len(X)
+    C = torch.stack([flat(captured["directions"]), flat(captured["previous"])], 1)
+    M = C.T @ (F + damping * torch.eye(len(F))) @ C
+    b = C.T @ flat(captured["gradients"])
+    expected = torch.linalg.solve(M, -b)
+    torch.testing.assert_close(torch.tensor(opt.last_coefficients), expected)
+
+
+def test_adaptive_step_is_newton_on_least_squares():
+    """One linear layer, exact Fisher: the K-FAC direction is Newton's, and α = 1."""
+    X, y = data(n=20, n_in=3, n_out=2)
+    model = build_mlp(3, (), 2, dtype=torch.float64)
+    opt = plain(model, "squared_error", fisher="exact", damping=1e-12, adaptive_step=True,
+                damping_scheme="eigen")
+    opt.accumulate(X, y)
+    opt.step()
+    assert opt.last_coefficients == pytest.approx([1.0], rel=1e-6)
+    X1 = torch.cat([X, torch.ones(20, 1)], 1)
+    solution = torch.linalg.lstsq(X1, y).solution
+    torch.testing.assert_close(model[0].weight.detach(), solution[:-1].T)

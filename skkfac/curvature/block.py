@@ -12,6 +12,28 @@ class KroneckerBlock:
     the block) and ``G = E[g gᵀ]`` over the gradients ``g`` of the per-example loss with
     respect to the layer's outputs (pre-activations). Sums are accumulated over
     micro-batches and turned into expectations in :meth:`update_running_averages`.
+
+    Parameters
+    ----------
+    n_in, n_out : int
+        Input and output width of the layer; ``A`` is ``(n_in + 1) × (n_in + 1)`` and
+        ``G`` is ``n_out × n_out``.
+    dtype : torch.dtype
+    device : torch.device or str
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skkfac.curvature import KroneckerBlock
+    >>> block = KroneckerBlock(3, 2, dtype=torch.float64, device="cpu")
+    >>> a = torch.randn(100, 3, dtype=torch.float64)
+    >>> g = torch.randn(100, 2, dtype=torch.float64)
+    >>> block.add_inputs(a)
+    >>> block.add_output_gradients(g)
+    >>> block.update_running_averages(100, decay=0.0)
+    >>> a1 = torch.cat([a, torch.ones(100, 1, dtype=a.dtype)], dim=1)
+    >>> torch.allclose(block.A, a1.T @ a1 / 100), torch.allclose(block.G, g.T @ g / 100)
+    (True, True)
     """
 
     def __init__(self, n_in: int, n_out: int, *, dtype, device):

@@ -215,9 +215,6 @@ class atomic_output:
                 self._tmp = None
         finally:
             if self._tmp is not None:
-                try:
-                    self._tmp.unlink()
-                except FileNotFoundError:
-                    pass
+                self._tmp.unlink(missing_ok=True)
         return False
 

@@ -133,7 +133,7 @@ def _read_valid(cand: Path, key: dict, wanted: list[str]):
             if not valid:
                 return None
             arrays = {name: npz[name] for name in npz.files if name != _META_KEY}
-    except Exception:  # noqa: BLE001 - any unreadable cache is just a miss
+    except Exception:
         return None
     return arrays, meta
 

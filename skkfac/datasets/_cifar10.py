@@ -356,7 +356,9 @@ def load_cifar10(data_home=None, *, cache=True, download=False):
         y_train : ndarray of shape (50000,), int64
             Class labels 0-9.
         X_test : ndarray of shape (10000, 3072), float32
+            Test pixels, laid out like ``X_train``.
         y_test : ndarray of shape (10000,), int64
+            Test labels 0-9.
         feature_names : list of str
             ``"<red|green|blue>_<row>_<col>"`` in column order.
         target_names : list of str

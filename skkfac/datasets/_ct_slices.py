@@ -80,7 +80,9 @@ def load_ct_slices(data_home=None, *, test_size=5000, random_state=0, download=F
         y_train : ndarray of shape (53500 - test_size,), float32
             ``reference / 180`` in [0, 1].
         X_test : ndarray of shape (test_size, 384), float32
+            Held-out features, as ``X_train``.
         y_test : ndarray of shape (test_size,), float32
+            Held-out targets, as ``y_train``.
         patient_id_train, patient_id_test : ndarray of shape (n,), int64
             ``patientId`` of each row (not part of ``X``).
         feature_names : list of str

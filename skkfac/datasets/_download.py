@@ -58,7 +58,7 @@ def download_file(urls, dest: Path, *, sha256: str | None = None, validate=None,
             _fetch_one(url, dest, sha256=sha256, validate=validate, timeout=timeout,
                        chunk_size=chunk_size)
             return dest
-        except Exception as exc:  # noqa: BLE001 - reported below, next mirror tried
+        except Exception as exc:
             errors.append(f"  {url}: {type(exc).__name__}: {exc}")
     raise DownloadError(
         f"could not download {dest.name} into {dest.parent}; tried:\n" + "\n".join(errors)

@@ -194,7 +194,9 @@ def load_mnist(data_home=None, *, cache=True, download=False):
         y_train : ndarray of shape (60000,), int64
             Digit labels 0-9.
         X_test : ndarray of shape (10000, 784), float32
+            Test pixels, scaled like ``X_train``.
         y_test : ndarray of shape (10000,), int64
+            Test labels 0-9.
         feature_names : list of str
             ``"pixel_<row>_<col>"`` in column order.
         target_names : list of str

@@ -102,9 +102,13 @@ def load_uci_regression(name, data_home=None, *, test_size=0.1, random_state=0):
     -------
     data : sklearn.utils.Bunch
         X_train : ndarray of shape (n_train, n_features), float32
+            Every column but the last.
         y_train : ndarray of shape (n_train,), float32
+            The last column.
         X_test : ndarray of shape (n_test, n_features), float32
+            Held-out features.
         y_test : ndarray of shape (n_test,), float32
+            Held-out targets.
         name : str
             The data-set name (file name without suffixes for a path).
         DESCR : str

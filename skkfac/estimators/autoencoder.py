@@ -50,7 +50,8 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
     def __init__(self, encoder_layer_sizes=(1000, 500, 250, 30), activation="tanh", *,
                  solver="kfac", alpha=0.0, batch_size="auto", artificial_batch_size=None,
                  learning_rate_init=None, momentum=0.9, nesterovs_momentum=True,
-                 damping=1e-3, damping_scheme="tikhonov", adapt_damping=True, kl_clip=1e-2,
+                 damping=1e-3, damping_scheme="tikhonov", adapt_damping=True,
+                 adaptive_step=True, kl_clip=None,
                  stat_decay="linear", momentum_rate=1.0, momentum_max=0.6,
                  inv_update_freq=10, fisher="sampled", curvature_batch_size=None,
                  max_iter=200, max_time=None, tol=1e-4, n_iter_no_change=10,
@@ -69,6 +70,7 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
         self.damping = damping
         self.damping_scheme = damping_scheme
         self.adapt_damping = adapt_damping
+        self.adaptive_step = adaptive_step
         self.kl_clip = kl_clip
         self.stat_decay = stat_decay
         self.momentum_rate = momentum_rate
@@ -166,7 +168,7 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
 
         Returns
         -------
-        X_reconstructed : ndarray of shape (n_samples, n_features_in_)
+        X_reconstructed : ndarray of shape (n_samples, n_features)
         """
         check_is_fitted(self, "model_")
         codes = self._check_codes(X)
@@ -185,7 +187,7 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
 
         Returns
         -------
-        X_reconstructed : ndarray of shape (n_samples, n_features_in_)
+        X_reconstructed : ndarray of shape (n_samples, n_features)
         """
         return self._predict_outputs(X)
 

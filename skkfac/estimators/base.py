@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from numbers import Integral, Real
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from skkfac.solvers.kfac import FISHER_TYPES
 from skkfac.training import Trainer, TrainingConfig, TrainingProgress
 
 #: Default learning rate of each solver when ``learning_rate_init=None``.
-DEFAULT_LEARNING_RATES = {"kfac": 0.3, "sgd": 0.01}
+DEFAULT_LEARNING_RATES = {"kfac": 1.0, "sgd": 0.01}
 #: ``batch_size='auto'`` means ``min(AUTO_BATCH_SIZE[solver], n_samples)``.
 AUTO_BATCH_SIZES = {"kfac": 1000, "sgd": 200}
 #: Rows per forward pass when predicting or evaluating (bounds memory).
@@ -47,7 +48,7 @@ def resolve_device(device: str) -> torch.device:
 class BaseKFACEstimator(BaseEstimator):
     """Shared parameters, validation, fitting, prediction and learning curves."""
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         "activation": [StrOptions(set(ACTIVATIONS))],
         "solver": [StrOptions({"kfac", "sgd"})],
         "alpha": [Interval(Real, 0, None, closed="left")],
@@ -59,6 +60,7 @@ class BaseKFACEstimator(BaseEstimator):
         "damping": [Interval(Real, 0, None, closed="left")],
         "damping_scheme": [StrOptions(set(DAMPING_SCHEMES))],
         "adapt_damping": ["boolean"],
+        "adaptive_step": ["boolean"],
         "kl_clip": [None, Interval(Real, 0, None, closed="neither")],
         "stat_decay": [StrOptions(set(STAT_DECAY_SCHEDULES))],
         "momentum_rate": [Interval(Real, 0, None, closed="neither")],
@@ -108,7 +110,7 @@ class BaseKFACEstimator(BaseEstimator):
         raise NotImplementedError  # pragma: no cover - abstract
 
     # -- validation ------------------------------------------------------------------------
-    def _check_fit_params(self, n_samples: int) -> None:
+    def _check_fit_params(self) -> None:
         self._validate_layer_sizes()
         if (self.artificial_batch_size is not None and self.batch_size != "auto"
                 and self.artificial_batch_size < self.batch_size):
@@ -122,7 +124,8 @@ class BaseKFACEstimator(BaseEstimator):
             return min(AUTO_BATCH_SIZES[self.solver], n_samples)
         if self.batch_size > n_samples:
             warnings.warn(f"Got batch_size={self.batch_size} larger than the number of "
-                          f"samples ({n_samples}); using {n_samples}.", UserWarning)
+                          f"samples ({n_samples}); using {n_samples}.", UserWarning,
+                          stacklevel=4)
         return min(self.batch_size, n_samples)
 
     def _to_tensor(self, array, *, integer: bool = False) -> torch.Tensor:
@@ -148,7 +151,7 @@ class BaseKFACEstimator(BaseEstimator):
                                nesterov=self.nesterovs_momentum, alpha=self.alpha)
         return KFAC(self.model_, self._loss_name, lr=lr, damping=self.damping,
                     damping_scheme=self.damping_scheme, adapt_damping=self.adapt_damping,
-                    kl_clip=self.kl_clip, stat_decay=self.stat_decay,
+                    adaptive_step=self.adaptive_step, kl_clip=self.kl_clip, stat_decay=self.stat_decay,
                     momentum_rate=self.momentum_rate, momentum_max=self.momentum_max,
                     inv_update_freq=self.inv_update_freq, fisher=self.fisher,
                     curvature_batch_size=self.curvature_batch_size, alpha=self.alpha,
@@ -173,7 +176,7 @@ class BaseKFACEstimator(BaseEstimator):
     def _fit(self, X, y, *, eval_set=None, incremental: bool = False, classes=None):
         first_fit = not (hasattr(self, "model_") and (self.warm_start or incremental))
         X, y = self._validate_training_data(X, y, reset=first_fit)
-        self._check_fit_params(X.shape[0])
+        self._check_fit_params()
         if first_fit:
             self._learn_target_encoding(y, classes)
         y_encoded = self._encode_targets(y)
@@ -265,7 +268,7 @@ class BaseKFACEstimator(BaseEstimator):
         if progress.stop_reason == "max_iter" and not incremental:
             warnings.warn(f"Stochastic optimizer: maximum iterations ({self.max_iter}) "
                           "reached and the optimization hasn't converged yet.",
-                          ConvergenceWarning)
+                          ConvergenceWarning, stacklevel=4)
 
     # -- prediction ------------------------------------------------------------------------
     @torch.no_grad()

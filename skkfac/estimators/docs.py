@@ -20,7 +20,8 @@ COMMON_PARAMETERS = """\
         mini-batches are summed until this many samples are reached, then one update is
         made. Must be ``>= batch_size``. ``None``: one update per mini-batch.
     learning_rate_init : float or None, default=None
-        Learning rate; ``None`` uses the solver's default (0.3 for K-FAC, 0.01 for SGD).
+        Learning rate; ``None`` uses the solver's default (1.0 for K-FAC, a multiplier of
+        the adaptive step; 0.01 for SGD).
     momentum : float, default=0.9
         SGD momentum.
     nesterovs_momentum : bool, default=True
@@ -32,8 +33,14 @@ COMMON_PARAMETERS = """\
         study's divide-by-max normalisation. See :class:`skkfac.KFAC`.
     adapt_damping : bool, default=True
         Adapt λ by the Levenberg–Marquardt rule (K-FAC).
-    kl_clip : float or None, default=1e-2
-        Bound on the Fisher norm of each K-FAC update (``None``: no bound).
+    adaptive_step : bool, default=True
+        K-FAC: choose the step size and the momentum of every update by minimising the
+        exact (Gauss–Newton) quadratic model in the plane of the K-FAC direction and the
+        previous step (Martens & Grosse 2015, §7); ``learning_rate_init`` then scales that
+        step (1 = the model's optimum). ``False``: fixed learning rate, and momentum from
+        the running-average schedule as in the study.
+    kl_clip : float or None, default=None
+        Bound on the Fisher norm of each K-FAC update when ``adaptive_step=False``.
     stat_decay : {'linear', 'martens'}, default='linear'
         Running-average schedule of K-FAC's Kronecker factors.
     momentum_rate : float, default=1.0

@@ -6,4 +6,4 @@ from skkfac.solvers.sgd import NesterovSGD
 
 SOLVERS = {"kfac": KFAC, "sgd": NesterovSGD}
 
-__all__ = ["KFAC", "NesterovSGD", "SOLVERS", "Solver"]
+__all__ = ["KFAC", "SOLVERS", "NesterovSGD", "Solver"]

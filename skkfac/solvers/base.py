@@ -9,6 +9,8 @@ concatenated batch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -105,4 +107,4 @@ class Solver:
 
     def is_rejected(self, batch_loss: float, reference_loss: float | None) -> bool:
         """Whether the loss seen after the last update means that update must be undone."""
-        return not torch.isfinite(torch.tensor(batch_loss)).item()
+        return not math.isfinite(batch_loss)

@@ -80,9 +80,9 @@ class KFAC(Solver, torch.optim.Optimizer):
         closed form, one backward pass per output unit (cheap for few outputs);
         ``'empirical'``: the training labels (empirical Fisher, for comparison only).
     curvature_batch_size : int or None, default=None
-        Estimate ``A`` and ``G`` on at most this many examples of each micro-batch (the
-        gradient always uses all of them). Makes the statistics' cost independent of the
-        batch size.
+        Estimate ``A``, ``G`` and the quadratic model on the first this many examples of
+        each (artificial) batch; the gradient always uses all of them. Makes the cost of
+        the curvature independent of the batch size.
     rejection_ratio : float, default=3.0
         An update after which the next batch loss is non-finite or exceeds this multiple
         of the recent average is undone and ``λ`` is raised tenfold.
@@ -90,13 +90,32 @@ class KFAC(Solver, torch.optim.Optimizer):
         L2 penalty on the weights; also added to the damping.
     random_state : int or None
         Seed of the target sampling.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from skkfac import KFAC
+    >>> _ = torch.manual_seed(0)
+    >>> X, y = torch.randn(512, 4), torch.randint(0, 3, (512,))
+    >>> model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+    >>> opt = KFAC(model, loss="cross_entropy", random_state=0)
+    >>> losses = []
+    >>> for _ in range(10):
+    ...     losses.append(float(opt.accumulate(X, y)) / len(X))  # summed loss / n
+    ...     opt.step()
+    >>> losses[-1] < losses[0]
+    True
+    >>> [tuple(block.A.shape) for block in opt.blocks]  # inputs + 1 (bias)
+    [(5, 5), (17, 17)]
     """
 
     recovers_from_divergence = True
 
     def __init__(self, model, loss="squared_error", *, lr=0.2, damping=1e-3,
                  damping_scheme="tikhonov", adapt_damping=True, damping_adapt_interval=5,
-                 min_damping=1e-8, kl_clip=1e-2, stat_decay="linear", momentum_rate=1.0,
+                 min_damping=1e-8, adaptive_step=True, kl_clip=None, stat_decay="linear",
+                 momentum_rate=1.0,
                  momentum_max=0.6, momentum=None, inv_update_freq=10, fisher="sampled",
                  curvature_batch_size=None, rejection_ratio=3.0, alpha=0.0,
                  random_state=None):
@@ -114,7 +133,8 @@ class KFAC(Solver, torch.optim.Optimizer):
         defaults = dict(lr=lr, damping=damping, damping_scheme=damping_scheme,
                         adapt_damping=adapt_damping,
                         damping_adapt_interval=damping_adapt_interval,
-                        min_damping=min_damping, kl_clip=kl_clip, stat_decay=stat_decay,
+                        min_damping=min_damping, adaptive_step=adaptive_step,
+                        kl_clip=kl_clip, stat_decay=stat_decay,
                         momentum_rate=momentum_rate, momentum_max=momentum_max,
                         momentum=momentum, inv_update_freq=inv_update_freq, fisher=fisher,
                         curvature_batch_size=curvature_batch_size,
@@ -131,7 +151,7 @@ class KFAC(Solver, torch.optim.Optimizer):
         self.phase_times = dict.fromkeys(
             ("forward_backward", "statistics", "inverse", "precondition", "update"), 0.0)
         self.last_rho: float | None = None
-        self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._curvature_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __getstate__(self):
         # torch.Generator does not pickle: carry its device and state instead.
@@ -207,29 +227,34 @@ class KFAC(Solver, torch.optim.Optimizer):
     def accumulate(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Forward/backward on a micro-batch, adding its gradient and curvature statistics.
 
-        Returns the summed (not averaged) loss over the micro-batch, detached.
+        The curvature (statistics and the quadratic model) uses the first
+        ``curvature_batch_size`` examples of the batch accumulated since the last step,
+        wherever the micro-batch boundaries fall. Returns the summed (not averaged) loss
+        over the micro-batch, detached.
         """
-        n_curvature = self.hyper["curvature_batch_size"] or X.shape[0]
+        limit = self.hyper["curvature_batch_size"]
+        n_curvature = X.shape[0] if limit is None else max(
+            0, min(X.shape[0], limit - self.n_curvature_examples))
         with self._phase("forward_backward"):
             with self._capture_layers() as (inputs, outputs):
                 output = self.model(X)
             loss_sum = self.loss.per_example(output, y).sum()
-        if n_curvature >= X.shape[0]:
+        if n_curvature == X.shape[0]:
             with self._phase("statistics"):
                 self._add_statistics(output, y, inputs, outputs)
         inputs.clear()
         outputs.clear()
         with self._phase("forward_backward"):
             loss_sum.backward()
-        if n_curvature < X.shape[0]:
+        if 0 < n_curvature < X.shape[0]:
             with self._phase("statistics"):
                 with self._capture_layers() as (inputs, outputs):
                     sub_output = self.model(X[:n_curvature])
                 self._add_statistics(sub_output, y[:n_curvature], inputs, outputs)
+        if n_curvature:
+            self._curvature_rows.append((X[:n_curvature], y[:n_curvature]))
         self.n_accumulated += X.shape[0]
-        loss_sum = loss_sum.detach()
-        self._last_batch = (X, y)
-        return loss_sum
+        return loss_sum.detach()
 
     # -- the update --------------------------------------------------------------------
     def _layer_gradients(self) -> list[torch.Tensor]:
@@ -260,13 +285,12 @@ class KFAC(Solver, torch.optim.Optimizer):
         if closure is not None:
             raise ValueError("KFAC.step takes no closure: call accumulate(X, y) first.")
         if self.n_accumulated == 0:
-            return None
+            return
         hyper = self.hyper
         hyper["step"] += 1
         k = hyper["step"]
         decay = stat_decay(hyper["stat_decay"], k, hyper["momentum_rate"],
                            hyper["momentum_max"])
-        momentum = decay if hyper["momentum"] is None else hyper["momentum"]
         damping = hyper["damping"] + self.alpha
 
         with self._phase("update"):
@@ -281,27 +305,57 @@ class KFAC(Solver, torch.optim.Optimizer):
             if self._needs_inverse_refresh(k, damping):
                 self._refresh_inverses(damping)
         with self._phase("precondition"):
-            updates = [block.inverse.apply(V) for block, V in zip(self.blocks, gradients)]
-            updates = self._clip(updates, gradients)
+            directions = [-block.inverse.apply(V) for block, V in zip(self.blocks, gradients)]
         with self._phase("update"):
-            steps = []
-            for layer, update in zip(self.layers, updates):
-                buffer = self.state[layer.weight].get("momentum_buffer")
-                if buffer is None or momentum == 0:
-                    buffer = update.clone()
-                else:
-                    buffer.mul_(momentum).add_(update)
-                self.state[layer.weight]["momentum_buffer"] = buffer
-                steps.append(buffer * -hyper["lr"])
             adapt = (hyper["adapt_damping"] and hyper["damping_scheme"] != "max_norm"
                      and k % hyper["damping_adapt_interval"] == 0)
-            if adapt:
-                model_change = self._quadratic_model(steps, gradients, damping)
+            if hyper["adaptive_step"]:
+                steps, model = self._rescaled_steps(directions, gradients, damping)
+            else:
+                momentum = decay if hyper["momentum"] is None else hyper["momentum"]
+                steps = self._momentum_steps(self._clip(directions, gradients), momentum)
+                model = self._quadratic_model([steps], gradients, damping) if adapt else None
             self._apply(steps)
+            for layer, step in zip(self.layers, steps):
+                self.state[layer.weight]["previous_step"] = step
             if adapt:
-                self._adapt_damping(model_change)
+                self._adapt_damping(*model)
             self._reset_accumulation()
-        return None
+
+    def _momentum_steps(self, directions, momentum):
+        """``buffer = momentum · buffer + direction``; step ``lr · buffer`` (heavy ball)."""
+        steps = []
+        for layer, direction in zip(self.layers, directions):
+            buffer = self.state[layer.weight].get("momentum_buffer")
+            if buffer is None or momentum == 0:
+                buffer = direction.clone()
+            else:
+                buffer.mul_(momentum).add_(direction)
+            self.state[layer.weight]["momentum_buffer"] = buffer
+            steps.append(buffer * self.hyper["lr"])
+        return steps
+
+    def _rescaled_steps(self, directions, gradients, damping):
+        """Step ``lr (α Δ + μ δ₀)`` with α, μ minimising the exact quadratic model.
+
+        Martens & Grosse (2015, §7): the K-FAC direction ``Δ`` and the previous step
+        ``δ₀`` span a plane in which the damped Gauss–Newton model
+        ``M(δ) = ∇ᵀδ + ½ δᵀ(F + λI)δ`` is minimised exactly (a 2 × 2 solve), which sets
+        both the step size and the momentum.
+        """
+        previous = [self.state[layer.weight].get("previous_step") for layer in self.layers]
+        candidates = [directions] if previous[0] is None else [directions, previous]
+        matrix, linear, loss_before = self._quadratic_model(candidates, gradients, damping)
+        if len(candidates) == 2:
+            det = matrix[0, 0] * matrix[1, 1] - matrix[0, 1] ** 2
+            if det <= 1e-10 * matrix[0, 0] * matrix[1, 1]:  # Δ and δ₀ (nearly) parallel
+                candidates, matrix, linear = candidates[:1], matrix[:1, :1], linear[:1]
+        coefficients = torch.linalg.solve(matrix, -linear) * self.hyper["lr"]
+        self.last_coefficients = coefficients.tolist()
+        steps = [sum(c * candidate[i] for c, candidate in zip(coefficients, candidates))
+                 for i in range(len(self.layers))]
+        return steps, (coefficients @ linear + 0.5 * coefficients @ matrix @ coefficients,
+                       loss_before)
 
     def _clip(self, updates, gradients):
         """Scale updates so that ``lr² Δᵀ F Δ ≈ lr² Σ ⟨U, ∇⟩ <= kl_clip`` (Ba et al. 2017)."""
@@ -309,7 +363,7 @@ class KFAC(Solver, torch.optim.Optimizer):
         if kl_clip is None or self.hyper["damping_scheme"] == "max_norm":
             return updates
         lr = self.hyper["lr"]
-        fisher_norm = sum((U * V).sum() for U, V in zip(updates, gradients)) * lr**2
+        fisher_norm = -sum((U * V).sum() for U, V in zip(updates, gradients)) * lr**2
         scale = torch.clamp(torch.sqrt(kl_clip / fisher_norm.clamp_min(1e-30)), max=1.0)
         return [U * scale for U in updates]
 
@@ -319,40 +373,62 @@ class KFAC(Solver, torch.optim.Optimizer):
             if layer.bias is not None:
                 layer.bias.add_(step[:, -1])
 
-    # -- Levenberg–Marquardt damping ------------------------------------------------------
-    def _model_output(self, X, tangents=None):
-        names = [name for name, p in self.model.named_parameters()
-                 if any(p is q for q in self.params)]
-        params = tuple(dict(self.model.named_parameters())[n] for n in names)
+    # -- the exact quadratic model -------------------------------------------------------
+    def _curvature_batch(self):
+        """The examples the curvature statistics of this step came from."""
+        if len(self._curvature_rows) == 1:
+            return self._curvature_rows[0]
+        return (torch.cat([X for X, _ in self._curvature_rows]),
+                torch.cat([y for _, y in self._curvature_rows]))
+
+    def _jacobian_products(self, X, tangent_sets):
+        """Network output on ``X`` and ``J t`` for each set of per-layer tangents ``t``."""
+        named = dict(self.model.named_parameters())
+        names = [name for name, p in named.items() if any(p is q for q in self.params)]
+        params = tuple(named[name] for name in names)
 
         def forward(*values):
             return functional_call(self.model, dict(zip(names, values)), (X,))
 
-        if tangents is None:
-            return forward(*params)
-        by_param = {}
-        for layer, step in zip(self.layers, tangents):
-            by_param[id(layer.weight)] = step[:, :-1]
-            if layer.bias is not None:
-                by_param[id(layer.bias)] = step[:, -1]
-        return jvp(forward, params, tuple(by_param[id(p)] for p in params))
+        products = []
+        output = None
+        for tangents in tangent_sets:
+            by_param = {}
+            for layer, tangent in zip(self.layers, tangents):
+                by_param[id(layer.weight)] = tangent[:, :-1]
+                if layer.bias is not None:
+                    by_param[id(layer.bias)] = tangent[:, -1]
+            output, product = jvp(forward, params, tuple(by_param[id(p)] for p in params))
+            products.append(product)
+        return output, products
 
-    def _quadratic_model(self, steps, gradients, damping):
-        """``M(δ) = ∇ᵀδ + ½ δᵀ(F + λI)δ`` on the last micro-batch, F exact (GGN)."""
-        X, y = self._last_batch
-        n = min(X.shape[0], self.hyper["curvature_batch_size"] or X.shape[0])
-        output, direction = self._model_output(X[:n], steps)
-        curvature = self.loss.quadratic(output, direction)
-        linear = sum((V * s).sum() for V, s in zip(gradients, steps))
-        squared = sum(s.square().sum() for s in steps)
-        loss_before = self.loss.per_example(output, y[:n]).mean()
-        return float(linear + 0.5 * (curvature + damping * squared)), X[:n], y[:n], loss_before
+    def _quadratic_model(self, candidates, gradients, damping):
+        """Matrix ``Cᵀ(F + λI)C`` and vector ``Cᵀ∇`` of the model restricted to ``candidates``.
 
-    def _adapt_damping(self, model_change) -> None:
-        change, X, y, loss_before = model_change
+        ``F`` is the exact Fisher (Gauss–Newton) on the curvature batch, applied through
+        Jacobian–vector products. Also returns the loss there before the update.
+        """
+        X, y = self._curvature_batch()
+        output, products = self._jacobian_products(X, candidates)
+        n = len(candidates)
+        matrix = torch.empty(n, n, dtype=torch.float64)
+        linear = torch.empty(n, dtype=torch.float64)
+        for i in range(n):
+            linear[i] = sum((V * c).sum() for V, c in zip(gradients, candidates[i]))
+            for j in range(i, n):
+                inner = sum((a * b).sum() for a, b in zip(candidates[i], candidates[j]))
+                value = self.loss.fisher_inner(output, products[i], products[j]) + damping * inner
+                matrix[i, j] = matrix[j, i] = value
+        loss_before = self.loss.per_example(output, y).mean()
+        return matrix, linear, loss_before
+
+    def _adapt_damping(self, predicted_change, loss_before) -> None:
+        """Levenberg–Marquardt: compare the loss change on the curvature batch with M(δ)."""
+        X, y = self._curvature_batch()
         loss_after = self.loss.per_example(self.model(X), y).mean()
         actual = float(loss_after - loss_before)
-        rho = actual / change if change < 0 else float("-inf")
+        predicted = float(predicted_change)
+        rho = actual / predicted if predicted < 0 else float("-inf")
         self.last_rho = rho
         hyper = self.hyper
         omega = (19.0 / 20.0) ** hyper["damping_adapt_interval"]
@@ -365,6 +441,7 @@ class KFAC(Solver, torch.optim.Optimizer):
     def _reset_accumulation(self) -> None:
         super()._reset_accumulation()
         self.n_curvature_examples = 0
+        self._curvature_rows = []
         for block in self.blocks:
             block.reset_sums()
 
@@ -380,4 +457,5 @@ class KFAC(Solver, torch.optim.Optimizer):
         hyper["damping"] = max(hyper["damping"] * 10.0, 1e-4)
         for layer in self.layers:
             self.state[layer.weight].pop("momentum_buffer", None)
+            self.state[layer.weight].pop("previous_step", None)
         hyper["inverse_damping"] = None

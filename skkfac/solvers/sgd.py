@@ -20,6 +20,23 @@ class NesterovSGD(Solver):
         Momentum factor in ``[0, 1)``.
     nesterov : bool
         Nesterov's look-ahead momentum (requires ``momentum > 0``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from skkfac.solvers import NesterovSGD
+    >>> _ = torch.manual_seed(0)
+    >>> X, y = torch.randn(256, 4), torch.randint(0, 3, (256,))
+    >>> model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+    >>> sgd = NesterovSGD(model, loss="cross_entropy", lr=0.1, momentum=0.9)
+    >>> first = float(sgd.accumulate(X, y))
+    >>> sgd.step()
+    >>> for _ in range(20):
+    ...     last = float(sgd.accumulate(X, y))
+    ...     sgd.step()
+    >>> last < first
+    True
     """
 
     def __init__(self, model, loss="squared_error", *, lr=0.01, momentum=0.9,
