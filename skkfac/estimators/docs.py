@@ -53,7 +53,8 @@ COMMON_PARAMETERS = """\
         How K-FAC estimates ``G``: targets sampled from the model (true Fisher), the
         exact expectation (one backward per output), or the labels (empirical Fisher).
     curvature_batch_size : int or None, default=None
-        Estimate K-FAC's factors on at most this many samples of each mini-batch.
+        Estimate K-FAC's factors (and its quadratic model) on the first this many samples
+        of each update's batch, artificial batches included; ``None``: all of them.
     max_iter : int, default=200
         Maximum number of epochs.
     max_time : float or None, default=None

@@ -35,8 +35,10 @@ class KFAC(Solver, torch.optim.Optimizer):
     Each layer's block of the Fisher is approximated by ``A ⊗ G`` with ``A = E[ā āᵀ]``
     (inputs with a 1 appended, so the bias is included) and ``G = E[g gᵀ]`` (gradients of
     the loss with respect to the layer's pre-activations for targets drawn from the
-    model's predictive distribution). The update of layer ``i`` is
-    ``ΔW̄ᵢ = -lr · damped (Aᵢ ⊗ Gᵢ)⁻¹ ∇W̄ᵢ`` with momentum.
+    model's predictive distribution). The direction of layer ``i`` is
+    ``Δᵢ = -damped (Aᵢ ⊗ Gᵢ)⁻¹ ∇W̄ᵢ``; with ``adaptive_step`` the step ``lr (α Δ + μ δ₀)``
+    minimises the exact quadratic model in the plane of ``Δ`` and the previous step
+    ``δ₀``, otherwise it is ``lr`` times a momentum buffer of the directions.
 
     Parameters
     ----------
@@ -45,7 +47,9 @@ class KFAC(Solver, torch.optim.Optimizer):
     loss : {'squared_error', 'cross_entropy'} or loss object
         Per-example loss and its predictive distribution (:mod:`skkfac.losses`).
     lr : float, default=0.2
-        Learning rate. With ``damping_scheme='tikhonov'`` or ``'eigen'`` the Fisher has
+        Learning rate. With ``adaptive_step`` it multiplies the step that minimises the
+        quadratic model (``lr=1``: that optimum; the estimators use 1). Otherwise it is
+        the step size; with ``damping_scheme='tikhonov'`` or ``'eigen'`` the Fisher has
         the curvature scale of the loss and ``lr=1`` is a full (damped) Newton-like step.
     damping : float, default=1e-3
         Tikhonov damping ``λ`` (initial value when ``adapt_damping``). For
@@ -59,18 +63,25 @@ class KFAC(Solver, torch.optim.Optimizer):
         loss against its quadratic model (exact Fisher–vector product), every
         ``damping_adapt_interval`` updates.
     damping_adapt_interval : int, default=5
+        Updates between two Levenberg–Marquardt adjustments.
     min_damping : float, default=1e-8
-    kl_clip : float or None, default=1e-2
-        Scale each update so that its Fisher norm ``lr² ΔᵀFΔ`` stays below ``kl_clip``
-        (Ba et al. 2017). ``None`` disables the clip.
+        Lower bound of the adapted ``λ``.
+    adaptive_step : bool, default=True
+        Choose the step size and the momentum of every update by minimising the exact
+        (Gauss–Newton) quadratic model ``M(δ) = ∇ᵀδ + ½ δᵀ(F + λI)δ`` in the plane of the
+        K-FAC direction and the previous step (Martens & Grosse 2015, §7), on the
+        curvature batch. ``False``: fixed ``lr`` and momentum, as in the study.
+    kl_clip : float or None, default=None
+        With ``adaptive_step=False``: scale each update so that its Fisher norm
+        ``lr² ΔᵀFΔ`` stays below ``kl_clip`` (Ba et al. 2017). ``None`` disables the clip.
     stat_decay : {'linear', 'martens'}, default='linear'
         Running-average schedule of ``A`` and ``G`` (see :mod:`skkfac.curvature.schedules`).
     momentum_rate, momentum_max : float, default=1.0, 0.6
         Parameters of the ``'linear'`` schedule ``α_k = min(0.05 k m_rate, m_max)``;
         ``momentum_max`` also caps the ``'martens'`` schedule.
     momentum : float or None, default=None
-        Momentum of the update. ``None`` reuses the statistics' decay ``α_k`` as the
-        study does.
+        Momentum of the update when ``adaptive_step=False``. ``None`` reuses the
+        statistics' decay ``α_k`` as the study does.
     inv_update_freq : int, default=10
         Refresh the inverses every this many updates (and after a damping change of more
         than a factor 2 or a rejected update).
