@@ -31,8 +31,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import re  # noqa: E402
 
-import skkfac  # noqa: E402
 import torch  # noqa: E402
+
+import skkfac  # noqa: E402
 
 # The figure of the user guide trains tiny networks, for which one thread is fastest.
 torch.set_num_threads(1)
