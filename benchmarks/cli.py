@@ -1,0 +1,217 @@
+"""Command line of the benchmark suite: ``python -m benchmarks <sub-command> [options]``.
+
+Examples (from the repository root)::
+
+    python -m benchmarks quick                                   # ~1-2 min, digits
+    python -m benchmarks tune --problem mnist_ae --data-home /work/shared/data
+    python -m benchmarks compare --problem mnist_ae --data-home /work/shared/data
+    python -m benchmarks batch-size --problem mnist_ae --data-home /work/shared/data
+    python -m benchmarks time-budget --data-home /work/shared/data
+    python -m benchmarks report
+
+Long runs print a progress line per finished unit and can be stopped (Ctrl-C) and
+resumed by running the same command again; ``--fresh`` discards earlier results of the
+sub-command instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmarks.budgets import DEFAULT, QUICK
+from benchmarks.problems import PROBLEMS
+from benchmarks.records import CommandLog, log, read_settings
+
+DEFAULT_OUT = Path("benchmarks") / "results"
+QUICK_OUT = DEFAULT_OUT / "_scratch" / "quick"
+
+
+def _common(parser, *, problem: bool = True, default_problem=None):
+    if problem:
+        parser.add_argument("--problem", choices=sorted(PROBLEMS), default=default_problem,
+                            help="benchmark problem (default: digits with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny budgets (those of the quick sub-command)")
+    parser.add_argument("--data-home", default=None,
+                        help="data folder (default: $SKKFAC_DATA, else ~/skkfac_data)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"results root, one folder per problem (default: {DEFAULT_OUT})")
+    parser.add_argument("--device", default="auto", help="torch device (default: auto)")
+    parser.add_argument("--seed", type=int, default=0, help="base random seed (default: 0)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--regression-data", default="auto",
+                        help="regression problem's data: auto (CT slices if present, else "
+                             "keggundirected), ct, or a UCI name such as keggundirected")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SUB-COMMAND")
+    d = DEFAULT
+
+    quick = sub.add_parser("quick", help="every experiment on digits, tiny budgets (<3 min)")
+    _common(quick, problem=False)
+    quick.add_argument("--resume", action="store_true",
+                       help="keep a previous quick run's results instead of replacing them")
+    quick.add_argument("--no-time-budget", action="store_true",
+                       help="skip the max_time check")
+
+    tune = sub.add_parser("tune", help="Bayesian optimisation per solver (resumable)")
+    _common(tune)
+    tune.add_argument("--solver", nargs="+", choices=["kfac", "sgd"], default=["kfac", "sgd"])
+    tune.add_argument("--max-time", type=float, default=None,
+                      help=f"training seconds per trial (default {d.tune_max_time:g})")
+    tune.add_argument("--n-trials", type=int, default=None,
+                      help=f"trials per solver, finished ones included (default {d.n_trials})")
+    tune.add_argument("--n-initial-points", type=int, default=None,
+                      help=f"random trials first (default {d.n_initial_points})")
+    tune.add_argument("--repeats", type=int, default=None,
+                      help=f"trainings per trial, averaged (default {d.repeats})")
+    tune.add_argument("--fresh", action="store_true", help="discard earlier trials")
+
+    compare = sub.add_parser("compare", help="retrain the best configurations, verdict")
+    _common(compare)
+    compare.add_argument("--solver", nargs="+", choices=["kfac", "sgd"],
+                         default=["kfac", "sgd"])
+    compare.add_argument("--max-time", type=float, default=None,
+                         help="training seconds per run (default: the search's max_time)")
+    compare.add_argument("--top-k", type=int, default=None,
+                         help=f"configurations per solver (default {d.top_k})")
+    compare.add_argument("--eval-points", type=int, default=None,
+                         help=f"test evaluations per run (default {d.eval_points})")
+    compare.add_argument("--fresh", action="store_true", help="discard earlier runs")
+
+    bs = sub.add_parser("batch-size", help="K-FAC batch-size experiments (Figures 2-4)")
+    _common(bs)
+    bs.add_argument("--max-time", type=float, default=None,
+                    help=f"time budget per point (default {d.bs_max_time:g})")
+    bs.add_argument("--updates", type=int, default=None,
+                    help=f"update budget per point (default {d.bs_updates})")
+    bs.add_argument("--artificial-updates", type=int, default=None,
+                    help=f"update budget of Figure 4 (default {d.bs_artificial_updates})")
+    bs.add_argument("--configs", type=int, default=None,
+                    help=f"best K-FAC configurations used (default {d.bs_configs})")
+    bs.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                    help=f"Figure 2 batch sizes (default {' '.join(map(str, d.bs_batch_sizes))})")
+    bs.add_argument("--lr-factors", type=float, nargs="+", default=None,
+                    help="Figure 3: multiples of the best learning rate (default "
+                         f"{' '.join(map(str, d.bs_lr_factors))})")
+    bs.add_argument("--lr-batch-sizes", type=int, nargs="+", default=None,
+                    help="Figure 3 batch sizes (default "
+                         f"{' '.join(map(str, d.bs_lr_batch_sizes))})")
+    bs.add_argument("--real-batch", type=int, default=None,
+                    help=f"Figure 4 real batch size (default {d.bs_real_batch})")
+    bs.add_argument("--artificial-sizes", type=int, nargs="+", default=None,
+                    help="Figure 4 artificial batch sizes (default "
+                         f"{' '.join(map(str, d.bs_artificial_sizes))})")
+    bs.add_argument("--fresh", action="store_true", help="discard earlier points")
+
+    tb = sub.add_parser("time-budget", help="check that max_time stops training on time")
+    _common(tb, default_problem="regression")
+    tb.add_argument("--max-time", type=float, default=None,
+                    help=f"the budget checked (default {d.time_budget_max_time:g})")
+    tb.add_argument("--runs", type=int, default=None,
+                    help=f"number of fits (default {d.time_budget_runs})")
+
+    report = sub.add_parser("report", help="gather the results into REPORT.md")
+    report.add_argument("--out", type=Path, default=None,
+                        help=f"results root (default {DEFAULT_OUT})")
+    return parser
+
+
+def _budget(args):
+    base = QUICK if args.command == "quick" or getattr(args, "quick", False) else DEFAULT
+    command = args.command
+    if command == "tune":
+        return base.override(tune_max_time=args.max_time, n_trials=args.n_trials,
+                             n_initial_points=args.n_initial_points, repeats=args.repeats)
+    if command == "compare":
+        return base.override(compare_max_time=args.max_time, top_k=args.top_k,
+                             eval_points=args.eval_points)
+    if command == "batch-size":
+        return base.override(
+            bs_max_time=args.max_time, bs_updates=args.updates,
+            bs_artificial_updates=args.artificial_updates, bs_configs=args.configs,
+            bs_batch_sizes=tuple(args.batch_sizes) if args.batch_sizes else None,
+            bs_lr_factors=tuple(args.lr_factors) if args.lr_factors else None,
+            bs_lr_batch_sizes=tuple(args.lr_batch_sizes) if args.lr_batch_sizes else None,
+            bs_real_batch=args.real_batch,
+            bs_artificial_sizes=tuple(args.artificial_sizes) if args.artificial_sizes
+            else None)
+    if command == "time-budget":
+        return base.override(time_budget_max_time=args.max_time,
+                             time_budget_runs=args.runs)
+    return base
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = args.out or (QUICK_OUT if args.command == "quick" else DEFAULT_OUT)
+    if args.command == "report":
+        from benchmarks.report import write_report
+
+        path = write_report(out)
+        log(f"wrote {path}")
+        return 0
+    with CommandLog(out, argv):
+        return _run(args, out)
+
+
+def _run(args, out: Path) -> int:
+    budget = _budget(args)
+    if args.command == "quick":
+        from benchmarks.quick import run_quick
+
+        run_quick(out, budget, data_home=args.data_home, seed=args.seed, device=args.device,
+                  fresh=not args.resume, time_budget=not args.no_time_budget)
+        return 0
+    if args.command == "time-budget":
+        from benchmarks.time_budget import run_time_budget
+
+        summary = run_time_budget(out / "time_budget", budget, problem_name=args.problem,
+                                  data_home=args.data_home,
+                                  regression_data=args.regression_data, seed=args.seed,
+                                  device=args.device)
+        return 0 if summary["criterion_holds"] else 1
+    problem_name = args.problem or ("digits" if args.quick else None)
+    if problem_name is None:
+        raise SystemExit(f"{args.command}: --problem is required (one of "
+                         f"{', '.join(sorted(PROBLEMS))}; or --quick for digits)")
+    from benchmarks.problems import get_problem
+
+    problem = get_problem(problem_name)
+    folder = out / problem.name
+    log(f"{args.command} {problem.name}: loading data")
+    data = problem.load(args.data_home, regression_data=args.regression_data)
+    log(f"{args.command} {problem.name}: {data.summary()}")
+    if args.command == "tune":
+        from benchmarks.tune import run_tune
+
+        run_tune(problem, data, folder, budget, solvers=tuple(args.solver), seed=args.seed,
+                 device=args.device, fresh=args.fresh)
+    elif args.command == "compare":
+        from benchmarks.compare import run_compare
+
+        if args.max_time is None:
+            tuned = read_settings(folder / "tune_kfac.json") or read_settings(
+                folder / "tune_sgd.json")
+            if tuned:
+                budget = budget.override(compare_max_time=float(tuned["max_time"]))
+        run_compare(problem, data, folder, budget, solvers=tuple(args.solver),
+                    seed=args.seed, device=args.device, fresh=args.fresh)
+    elif args.command == "batch-size":
+        from benchmarks.batch_size import run_batch_size
+
+        run_batch_size(problem, data, folder, budget, seed=args.seed, device=args.device,
+                       fresh=args.fresh)
+    return 0

@@ -1,0 +1,200 @@
+"""``report``: gather every result under ``--out`` into ``REPORT.md``.
+
+Reads what the other sub-commands wrote (``<out>/<problem>/``, ``<out>/time_budget/``,
+``<out>/commands.txt``) and writes ``<out>/REPORT.md``: a summary of the verdicts, the
+best configurations next to the study's Tables 1-3, per-problem tables and figures, the
+time-budget check, and the exact commands (with start time, duration and status) that
+produced the files. Folders below ``<out>`` holding their own ``REPORT.md`` (e.g. a
+``quick`` run) are linked.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.problems import PROBLEMS
+from benchmarks.records import read_commands, read_settings
+from benchmarks.tune import SOLVER_LABELS
+
+FIGURES = [("tune_losses.png", "Search results, sorted (cf. the study's Figure 5)"),
+           ("compare_loss.png", "Test loss against training time and updates "
+                                "(cf. Figures 6, 7, 9)"),
+           ("compare_accuracy.png", "Test accuracy (cf. Figure 8)"),
+           ("batch_size_fig2.png", "Final test loss against batch size (cf. Figure 2)"),
+           ("batch_size_fig3.png", "Learning rate x batch size; share of time inverting "
+                                   "(cf. Figure 3)"),
+           ("batch_size_fig4.png", "Artificial batch size at a small real batch "
+                                   "(cf. Figure 4)")]
+
+
+def _num(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _problem_dirs(out: Path):
+    return [(PROBLEMS[p.name], p) for p in sorted(out.iterdir())
+            if p.is_dir() and p.name in PROBLEMS and any(p.iterdir())]
+
+
+def _trials(folder: Path, solver: str) -> pd.DataFrame:
+    path = folder / f"tune_{solver}.csv"
+    return pd.read_csv(path, on_bad_lines="skip") if path.is_file() else pd.DataFrame()
+
+
+def _summary_row(problem, folder: Path) -> dict:
+    settings = read_settings(folder / "tune_kfac.json") or read_settings(folder / "tune_sgd.json")
+    compare = read_settings(folder / "compare.json")
+    row = {"Problem": problem.name, "Data": settings.get("dataset") or compare.get("dataset", "?"),
+           "Search": "–", "Compare budget": "–"}
+    counts = []
+    for solver in ("kfac", "sgd"):
+        trials = _trials(folder, solver)
+        s = read_settings(folder / f"tune_{solver}.json")
+        if len(trials):
+            counts.append(f"{SOLVER_LABELS[solver]} {len(trials)} x {s.get('max_time', '?')} s"
+                          f" x {s.get('repeats', '?')}")
+            row[f"best val {SOLVER_LABELS[solver]}"] = _num(float(trials['val_loss'].min()))
+    if counts:
+        row["Search"] = "; ".join(counts)
+    if compare:
+        row["Compare budget"] = f"{compare.get('max_time')} s"
+    verdict_path = folder / "verdict.json"
+    if verdict_path.is_file():
+        verdicts = json.loads(verdict_path.read_text())
+        for v in verdicts:
+            tag = "acc." if v["metric"] == "accuracy" else "loss"
+            row[f"final test {tag} K-FAC / SGD (best)"] = (
+                f"{_num(v['kfac_best_final'])} / {_num(v['sgd_best_final'])}")
+            row[f"all K-FAC beat all SGD ({tag})"] = "yes" if v["all_kfac_beat_all_sgd"] else "no"
+            hit = v.get("kfac_reached_sgd_best")
+            row[f"K-FAC reached SGD's best ({tag})"] = (
+                "never" if hit is None else f"{hit['time']:.1f} s ({100 * hit['fraction']:.0f} %)")
+    return row
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    frame = frame.fillna("–").astype(str)
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _study_comparison(problem, folder: Path) -> str:
+    """Our best search trial per solver next to the study's best (Tables 1-3)."""
+    if not problem.study:
+        return ""
+    rows = []
+    runs_path = folder / "compare_runs.csv"
+    runs = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame()
+    for solver in ("sgd", "kfac"):
+        study = problem.study[solver]
+        rows.append({"": f"study {SOLVER_LABELS[solver]}", "loss": _num(study["loss"]),
+                     "LR": _num(study["learning_rate_init"]),
+                     "batch": str(study["batch_size"]),
+                     "M / m_rate": _num(study.get("momentum", study.get("momentum_rate"))),
+                     "m_max": _num(study.get("momentum_max")), "damping": "–"})
+        trials = _trials(folder, solver)
+        if len(trials):
+            best = trials.nsmallest(1, "val_loss").iloc[0]
+            test = "–"
+            if len(runs):
+                mine = runs[(runs["solver"] == solver) & (runs["trial"] == best["trial"])]
+                if len(mine):
+                    test = _num(float(mine["final_loss"].iloc[-1]))
+            rows.append({"": f"ours {SOLVER_LABELS[solver]}",
+                         "loss": f"{_num(float(best['val_loss']))} (val) / {test} (test)",
+                         "LR": _num(float(best["learning_rate_init"])),
+                         "batch": str(int(best["batch_size"])),
+                         "M / m_rate": _num(float(best.get("momentum",
+                                                           best.get("momentum_rate")))),
+                         "m_max": _num(float(best["momentum_max"])) if "momentum_max" in best
+                         else "–",
+                         "damping": _num(float(best["damping"]), 3) if "damping" in best
+                         else "–"})
+    return (f"Best configuration next to the study's {problem.study['table']} "
+            f"(study: {problem.study['budget']}):\n\n" + _markdown(pd.DataFrame(rows)))
+
+
+def _problem_section(problem, folder: Path, out: Path) -> str:
+    rel = folder.relative_to(out)
+    parts = [f"## {problem.title} (`{problem.name}`)"]
+    settings = read_settings(folder / "tune_kfac.json") or read_settings(folder / "compare.json")
+    if settings.get("note"):
+        parts.append(f"> **Note:** {settings['note']}")
+    details = []
+    for solver in ("kfac", "sgd"):
+        s = read_settings(folder / f"tune_{solver}.json")
+        if s:
+            details.append(f"search {SOLVER_LABELS[solver]}: {len(_trials(folder, solver))} "
+                           f"trials, max_time {s['max_time']} s, {s['repeats']} repeat(s), "
+                           f"{s['n_initial_points']} random initial points, seed {s['seed']}, "
+                           f"{s['n_train']} training / {s['n_val']} validation rows")
+    compare = read_settings(folder / "compare.json")
+    if compare:
+        details.append(f"compare: max_time {compare['max_time']} s, test set every "
+                       f"{compare['eval_interval']:.3g} s, {compare['n_train']} training / "
+                       f"{compare['n_test']} test rows")
+    bs = read_settings(folder / "batch_size.json")
+    if bs:
+        details.append(f"batch-size: time budget {bs['max_time']} s, update budgets "
+                       f"{bs['updates']} / {bs['artificial_updates']}")
+    if details:
+        parts.append("\n".join(f"- {d}" for d in details))
+    comparison = _study_comparison(problem, folder)
+    if comparison:
+        parts.append(comparison)
+    if (folder / "table.md").is_file():
+        parts.append("Best configurations per solver (cf. the study's Tables 1-3):\n\n"
+                     + (folder / "table.md").read_text().strip())
+    if (folder / "verdict.txt").is_file():
+        parts.append("Verdict:\n\n```\n" + (folder / "verdict.txt").read_text().strip()
+                     + "\n```")
+    for name, caption in FIGURES:
+        if (folder / name).is_file():
+            parts.append(f"**{caption}**\n\n![{caption}]({rel / name})")
+    return "\n\n".join(parts)
+
+
+def write_report(out, *, title: str = "skkfac benchmark report") -> Path:
+    """Write ``<out>/REPORT.md`` from the result files found under ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = [f"# {title}",
+                f"Generated {datetime.datetime.now():%Y-%m-%d %H:%M} by the `report` step of "
+                f"`python -m benchmarks` from the result files in `{out}`. "
+                "All times are *training* seconds (evaluation excluded) on the machine "
+                "that ran the commands listed at the end."]
+    problems = _problem_dirs(out)
+    if problems:
+        summary = pd.DataFrame([_summary_row(p, f) for p, f in problems])
+        sections.append("## Summary\n\n" + _markdown(summary))
+    for problem, folder in problems:
+        sections.append(_problem_section(problem, folder, out))
+    timing = out / "time_budget" / "time_budget.txt"
+    if timing.is_file():
+        sections.append("## Time budget (`max_time`)\n\n```\n" + timing.read_text().strip()
+                        + "\n```")
+    nested = [p for p in sorted(out.iterdir())
+              if p.is_dir() and (p / "REPORT.md").is_file() and p.name not in PROBLEMS]
+    if nested:
+        sections.append("## Other result sets\n\n" + "\n".join(
+            f"- [{p.name}/REPORT.md]({p.name}/REPORT.md)" for p in nested))
+    commands = read_commands(out)
+    if commands:
+        sections.append("## Commands that produced these files\n\nRun from the repository "
+                        "root, in this order (start time, duration, status):\n\n```\n"
+                        + "\n".join(f"{c['started']}  {c['duration']:>8}  {c['status']:<11}"
+                                    f"  {c['command']}" for c in commands) + "\n```")
+    path = out / "REPORT.md"
+    path.write_text("\n\n".join(sections) + "\n")
+    return path

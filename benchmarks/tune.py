@@ -1,0 +1,274 @@
+"""``tune``: Bayesian optimisation of each solver's hyper-parameters, resumable.
+
+Every trial trains the problem's estimator for a fixed ``max_time`` on the training
+split and scores it on the fixed validation split (sklearn's ``PredefinedSplit`` through
+``cross_validate``); ``repeats`` trainings with different seeds are averaged, as the study
+did. The search space is :func:`skkfac.search.search_space`.
+
+Why an ask/tell loop and not ``BayesSearchCV``. ``skopt.BayesSearchCV`` works with
+scikit-learn 1.9 and our estimators unchanged (``tests/test_benchmarks.py`` checks it),
+but it can neither start from earlier results nor report a trial before the whole
+search ends. We therefore drive the very optimiser ``BayesSearchCV`` builds
+(``skopt.Optimizer`` with a Gaussian process and the ``gp_hedge`` acquisition) ourselves:
+``ask()`` a point, train and score it, append the trial to ``tune_<solver>.csv`` at once
+(flushed to disk), ``tell()`` the result. To resume, the CSV is *replayed*: for each
+finished trial the optimiser is asked again and told the recorded point and value.
+Asking again consumes the optimiser's random numbers exactly as the first run did, so a
+resumed search proposes the same next points as an uninterrupted one (the GP's fits are
+repeated, a second or so per trial). Only a trial that was running when the process
+was stopped is lost.
+
+The optimiser sees ``log10`` of the mean validation loss (losses span decades); a
+trial whose loss is not finite counts as ten times the loss of a constant predictor.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.records import CsvLog, check_settings, log
+from skkfac.search import search_space
+
+SOLVER_LABELS = {"kfac": "K-FAC", "sgd": "SGD"}
+RESULT_COLUMNS = ["val_loss", "val_loss_std", "val_losses", "val_accuracy", "objective",
+                  "train_time", "n_updates", "stop_reason", "seeds", "wall_seconds",
+                  "finished_at"]
+
+
+def tune_csv(out_dir, solver) -> Path:
+    return Path(out_dir) / f"tune_{solver}.csv"
+
+
+def tune_columns(space: dict) -> list[str]:
+    return ["trial", *space, *RESULT_COLUMNS]
+
+
+def _cast(dimension, value):
+    """A value as the Python type of its dimension (CSV round trip, numpy scalars)."""
+    from skopt.space import Integer
+
+    if isinstance(dimension, Integer):
+        return round(float(value))
+    return float(value)
+
+
+def make_optimizer(space: dict, *, n_initial_points: int, random_state: int):
+    """The optimiser ``BayesSearchCV`` would build: GP surrogate, ``gp_hedge``."""
+    from skopt import Optimizer
+
+    return Optimizer(list(space.values()), base_estimator="GP",
+                     n_initial_points=n_initial_points, acq_func="gp_hedge",
+                     random_state=random_state)
+
+
+def run_search(space: dict, evaluate, csv_log: CsvLog, *, n_trials: int,
+               n_initial_points: int, random_state: int, label: str = "search",
+               progress=log):
+    """Minimise ``evaluate`` over ``space``, resuming from ``csv_log``.
+
+    Parameters
+    ----------
+    space : dict of str to skopt.space.Dimension
+    evaluate : callable
+        ``evaluate(params, trial) -> dict`` with at least ``'objective'`` (minimised)
+        and ``'val_loss'``; its keys must be columns of ``csv_log``.
+    csv_log : CsvLog
+        Columns ``tune_columns(space)``; finished trials found in it are replayed.
+    n_trials : int
+        Total number of trials wanted (finished ones included).
+
+    Returns
+    -------
+    optimizer : skopt.Optimizer
+        Told every trial.
+    trials : pandas.DataFrame
+        The CSV's rows.
+    """
+    names = list(space)
+    dimensions = list(space.values())
+    optimizer = make_optimizer(space, n_initial_points=n_initial_points,
+                               random_state=random_state)
+    done = csv_log.read()
+    if len(done) >= n_trials:  # nothing to run: no need to repeat the optimiser's proposals
+        if len(done):
+            xs = [[_cast(d, row[n]) for d, n in zip(dimensions, names)]
+                  for row in done.to_dict("records")]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                optimizer.tell(xs, done["objective"].astype(float).tolist())
+        progress(f"{label}: all {n_trials} trials already in {csv_log.path}")
+        return optimizer, done
+    if len(done):
+        diverged = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for row in done.itertuples(index=False):
+                row = row._asdict()
+                x = [_cast(d, row[n]) for d, n in zip(dimensions, names)]
+                asked = [_cast(d, v) for d, v in zip(dimensions, optimizer.ask())]
+                diverged += asked != x
+                optimizer.tell(x, float(row["objective"]))
+        progress(f"{label}: resumed with {len(done)} finished trial(s) replayed from "
+                 f"{csv_log.path}" + (f" ({diverged} differ from what this optimiser would "
+                                       "propose: settings or versions changed)"
+                                       if diverged else ""))
+    best = done["val_loss"].min() if len(done) else math.inf
+    start = time.time()
+    for trial in range(len(done), n_trials):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            x = [_cast(d, v) for d, v in zip(dimensions, optimizer.ask())]
+        params = dict(zip(names, x))
+        phase = "random" if trial < n_initial_points else "GP"
+        trial_start = time.time()
+        result = evaluate(params, trial)
+        row = {"trial": trial, **params, **result}
+        csv_log.append(row)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimizer.tell(x, float(result["objective"]))
+        loss = float(result["val_loss"])
+        best = min(best, loss) if math.isfinite(loss) else best
+        left = n_trials - trial - 1
+        eta = (time.time() - start) / (trial + 1 - len(done)) * left
+        shown = " ".join(f"{k}={_short(v)}" for k, v in params.items())
+        progress(f"{label}: trial {trial + 1}/{n_trials} ({phase}) {shown} -> val loss "
+                 f"{loss:.5g} (best {best:.5g}); {_short(result.get('n_updates'))} updates, "
+                 f"{time.time() - trial_start:.1f} s wall; {left} left, ETA "
+                 f"{eta / 60:.1f} min")
+    return optimizer, csv_log.read()
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def make_trial_evaluator(problem, data, solver: str, *, max_time: float, repeats: int,
+                         seed: int, device: str = "auto"):
+    """``evaluate(params, trial)`` training ``repeats`` times on the validation split."""
+    from sklearn.model_selection import PredefinedSplit, cross_validate
+
+    X = np.concatenate([data.X_train, data.X_val])
+    y = None if data.y_train is None else np.concatenate([data.y_train, data.y_val])
+    fold = np.r_[np.full(len(data.X_train), -1), np.zeros(len(data.X_val), dtype=int)]
+    split = PredefinedSplit(fold)
+    # sklearn calls a scorer without y for unsupervised estimators (the autoencoder).
+    scoring = {"neg_loss": lambda est, X_, y_=None: -problem.loss(est, X_, y_)}
+    if problem.is_classifier:
+        scoring["accuracy"] = lambda est, X_, y_=None: problem.accuracy(est, X_, y_)
+    cap = 10.0 * problem.baseline_loss(data)
+
+    def evaluate(params: dict, trial: int) -> dict:
+        losses, accuracies, times, updates, reasons, seeds = [], [], [], [], [], []
+        wall = time.time()
+        for repeat in range(repeats):
+            run_seed = seed + 1000 * trial + repeat
+            estimator = problem.make_estimator(solver, max_time=max_time, device=device,
+                                               random_state=run_seed, **params)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # divergence: in stop_reason
+                warnings.simplefilter("ignore", UserWarning)
+                result = cross_validate(estimator, X, y, cv=split, scoring=scoring,
+                                        return_estimator=True, error_score=np.nan)
+            fitted = result["estimator"][0]
+            losses.append(-float(result["test_neg_loss"][0]))
+            accuracies.append(float(result["test_accuracy"][0]) if problem.is_classifier
+                              else math.nan)
+            times.append(getattr(fitted, "train_time_", math.nan))
+            updates.append(getattr(fitted, "n_updates_", 0))
+            reasons.append(getattr(fitted, "stop_reason_", "failed"))
+            seeds.append(run_seed)
+        finite = [v for v in losses if math.isfinite(v)]
+        mean = float(np.mean(losses)) if len(finite) == len(losses) else math.inf
+        return {
+            "val_loss": mean,
+            "val_loss_std": float(np.std(finite)) if finite else math.nan,
+            "val_losses": ";".join(f"{v:.6g}" for v in losses),
+            "val_accuracy": float(np.mean(accuracies)),
+            "objective": math.log10(min(mean, cap)) if mean > 0 else math.log10(cap),
+            "train_time": float(np.mean(times)),
+            "n_updates": float(np.mean(updates)),
+            "stop_reason": ";".join(sorted(set(reasons))),
+            "seeds": ";".join(map(str, seeds)),
+            "wall_seconds": round(time.time() - wall, 2),
+            "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+
+    return evaluate
+
+
+def run_tune(problem, data, out_dir, budget, *, solvers=("kfac", "sgd"), seed: int = 0,
+             device: str = "auto", fresh: bool = False, progress=log) -> dict:
+    """Search each solver's space on ``problem``; results in ``<out_dir>/tune_<solver>.csv``.
+
+    Returns ``{solver: DataFrame of trials}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for index, solver in enumerate(solvers):
+        space = search_space(solver, n_samples=len(data.X_train))
+        csv_log = CsvLog(tune_csv(out_dir, solver), tune_columns(space))
+        if fresh:
+            csv_log.remove()
+        settings = {"problem": problem.name, "dataset": data.dataset, "note": data.note,
+                    "solver": solver, "max_time": budget.tune_max_time,
+                    "repeats": budget.repeats, "n_initial_points": budget.n_initial_points,
+                    "seed": seed, "n_train": len(data.X_train), "n_val": len(data.X_val),
+                    "space": {k: repr(v) for k, v in space.items()}}
+        check_settings(out_dir / f"tune_{solver}.json", settings, fresh=fresh)
+        label = f"tune {problem.name}/{solver}"
+        progress(f"{label}: {budget.n_trials} trials of {budget.tune_max_time:g} s x "
+                 f"{budget.repeats} repeat(s) on {data.summary()}")
+        evaluate = make_trial_evaluator(problem, data, solver,
+                                        max_time=budget.tune_max_time,
+                                        repeats=budget.repeats, seed=seed, device=device)
+        _, trials = run_search(space, evaluate, csv_log, n_trials=budget.n_trials,
+                               n_initial_points=budget.n_initial_points,
+                               random_state=seed + 7 * index, label=label,
+                               progress=progress)
+        results[solver] = trials
+        best = trials.nsmallest(min(4, len(trials)), "val_loss")
+        progress(f"{label}: best validation losses "
+                 + ", ".join(f"{v:.5g}" for v in best["val_loss"]))
+    try:
+        from benchmarks.plotting import plot_tune_losses
+
+        plot_tune_losses(out_dir, problem)
+    except Exception as error:  # a figure must never lose the search results
+        progress(f"could not draw the search figure: {error!r}")
+    return results
+
+
+def best_configs(out_dir, solver: str, k: int):
+    """The ``k`` trials of ``tune_<solver>.csv`` with the lowest validation loss.
+
+    Returns a DataFrame (``trial`` and the parameter columns among others), best first;
+    empty when there is no search result.
+    """
+    import pandas as pd
+
+    path = tune_csv(out_dir, solver)
+    if not path.is_file():
+        return pd.DataFrame()
+    trials = pd.read_csv(path, on_bad_lines="skip")
+    trials = trials[np.isfinite(trials["val_loss"].astype(float))]
+    return trials.nsmallest(k, "val_loss").reset_index(drop=True)
+
+
+def params_of(row, solver: str) -> dict:
+    """The estimator parameters of a trial row (the search space's keys)."""
+    space = search_space(solver)
+    out = {}
+    for name, dimension in space.items():
+        if name in row and not (isinstance(row[name], float) and math.isnan(row[name])):
+            out[name] = _cast(dimension, row[name])
+    return out
