@@ -134,12 +134,29 @@ def command_line(argv) -> str:
     return shlex.join(["python", "-m", "benchmarks", *argv])
 
 
+def code_version() -> str:
+    """``git`` revision of the checkout, ``+dirty`` when ``skkfac/`` has local changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "skkfac"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev or "unknown") + ("+dirty" if dirty else "")
+
+
 class CommandLog:
-    """Appends ``<start time>  <duration>  <status>  <command>`` to ``commands.txt``."""
+    """Appends ``<start>  <duration>  <status>  <command>  <code version>`` to
+    ``commands.txt`` when the command ends (also when it is interrupted or fails)."""
 
     def __init__(self, out_dir, argv):
         self.path = Path(out_dir) / "commands.txt"
         self.command = command_line(argv)
+        self.version = code_version()
 
     def __enter__(self):
         self.start = time.time()
@@ -153,7 +170,7 @@ class CommandLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as handle:
             handle.write(f"{self.started:%Y-%m-%d %H:%M:%S}\t{time.time() - self.start:7.1f}s"
-                         f"\t{status}\t{self.command}\n")
+                         f"\t{status}\t{self.command}\tskkfac@{self.version}\n")
         return False
 
 
@@ -164,7 +181,8 @@ def read_commands(out_dir) -> list[dict]:
     entries = []
     for line in path.read_text().splitlines():
         parts = line.split("\t")
-        if len(parts) == 4:
+        if len(parts) >= 4:
             entries.append({"started": parts[0], "duration": parts[1].strip(),
-                            "status": parts[2], "command": parts[3]})
+                            "status": parts[2], "command": parts[3],
+                            "version": parts[4] if len(parts) > 4 else ""})
     return entries

@@ -194,7 +194,10 @@ def write_report(out, *, title: str = "skkfac benchmark report") -> Path:
         sections.append("## Commands that produced these files\n\nRun from the repository "
                         "root, in this order (start time, duration, status):\n\n```\n"
                         + "\n".join(f"{c['started']}  {c['duration']:>8}  {c['status']:<11}"
-                                    f"  {c['command']}" for c in commands) + "\n```")
+                                    f"  {c['command']}  # {c['version']}"
+                                    for c in commands) + "\n```\n\n`skkfac@<rev>` is the "
+                        "git revision the command ran on (`+dirty`: with uncommitted "
+                        "changes under `skkfac/`).")
     path = out / "REPORT.md"
     path.write_text("\n\n".join(sections) + "\n")
     return path
