@@ -26,6 +26,7 @@ Points are appended to ``batch_size.csv`` as they finish; re-running skips them.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -38,7 +39,7 @@ from benchmarks.tune import best_configs, params_of
 POINT_COLUMNS = ["experiment", "config", "trial", "batch_size", "artificial_batch_size",
                  "learning_rate_init", "momentum_rate", "momentum_max", "damping",
                  "budget", "test_loss", "train_time", "n_updates", "time_inverse",
-                 "inverse_fraction", "stop_reason", "wall_seconds"]
+                 "inverse_fraction", "stop_reason", "wall_seconds", "load_avg"]
 DEFAULT_KFAC = {"learning_rate_init": 0.3, "momentum_rate": 1.0, "momentum_max": 0.6,
                 "damping": 1e-3}
 
@@ -172,7 +173,8 @@ def run_batch_size(problem, data, out_dir, budget, *, seed: int = 0, device: str
                "inverse_fraction": inverse / estimator.train_time_
                if estimator.train_time_ > 0 else math.nan,
                "stop_reason": estimator.stop_reason_,
-               "wall_seconds": round(time.time() - wall, 2)}
+               "wall_seconds": round(time.time() - wall, 2),
+               "load_avg": round(os.getloadavg()[0], 2)}
         point_log.append(row)
         left = len(todo) - i - 1
         eta = (time.time() - start) / (i + 1) * left

@@ -37,11 +37,12 @@ def _common(parser, *, problem: bool = True, default_problem=None):
     parser.add_argument("--data-home", default=None,
                         help="data folder (default: $SKKFAC_DATA, else ~/skkfac_data)")
     parser.add_argument("--out", type=Path, default=None,
-                        help=f"results root, one folder per problem (default: {DEFAULT_OUT})")
+                        help=f"results root, one folder per problem (default: {DEFAULT_OUT}; "
+                             f"{QUICK_OUT} with --quick)")
     parser.add_argument("--device", default="auto", help="torch device (default: auto)")
     parser.add_argument("--seed", type=int, default=0, help="base random seed (default: 0)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice)")
+                        help="torch CPU threads (default: torch's choice; 1 for quick)")
     parser.add_argument("--regression-data", default="auto",
                         help="regression problem's data: auto (CT slices if present, else "
                              "keggundirected), ct, or a UCI name such as keggundirected")
@@ -152,11 +153,17 @@ def _budget(args):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if getattr(args, "threads", None):
+    threads = getattr(args, "threads", None)
+    if threads is None and args.command == "quick":
+        # The digits networks are tiny: one thread is faster, and on a shared CPU
+        # several threads per process make small operations orders of magnitude slower.
+        threads = 1
+    if threads:
         import torch
 
-        torch.set_num_threads(args.threads)
-    out = args.out or (QUICK_OUT if args.command == "quick" else DEFAULT_OUT)
+        torch.set_num_threads(threads)
+    quick = args.command == "quick" or getattr(args, "quick", False)
+    out = args.out or (QUICK_OUT if quick else DEFAULT_OUT)
     if args.command == "report":
         from benchmarks.report import write_report
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -31,7 +32,7 @@ from benchmarks.tune import SOLVER_LABELS, best_configs, params_of
 
 RUN_COLUMNS = ["solver", "rank", "trial", "params", "tune_val_loss", "final_loss",
                "best_loss", "final_accuracy", "best_accuracy", "train_time", "n_updates",
-               "n_evaluations", "stop_reason", "seed", "wall_seconds"]
+               "n_evaluations", "stop_reason", "seed", "wall_seconds", "load_avg"]
 HISTORY_COLUMNS = ["solver", "rank", "trial", "update", "epoch", "samples", "time",
                    "train_loss", "eval_loss", "eval_score", "time_forward_backward",
                    "time_statistics", "time_inverse", "time_precondition", "time_update"]
@@ -263,7 +264,8 @@ def run_compare(problem, data, out_dir, budget, *, solvers=("kfac", "sgd"), seed
                else math.nan,
                "train_time": estimator.train_time_, "n_updates": estimator.n_updates_,
                "n_evaluations": len(history), "stop_reason": estimator.stop_reason_,
-               "seed": run_seed, "wall_seconds": round(time.time() - wall, 2)}
+               "seed": run_seed, "wall_seconds": round(time.time() - wall, 2),
+               "load_avg": round(os.getloadavg()[0], 2)}
         run_log.append(run)
         left = len(todo) - i - 1
         eta = (time.time() - start) / (i + 1) * left

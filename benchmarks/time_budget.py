@@ -16,18 +16,20 @@ set-up, the final bookkeeping) is shown too; it is not part of the budget.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from benchmarks.problems import REGRESSION_HIDDEN, get_problem
 from benchmarks.records import CsvLog, log
 
 COLUMNS = ["run", "max_time", "train_time", "n_updates", "update_seconds", "wall_seconds",
-           "stop_reason", "within"]
+           "stop_reason", "within", "load_avg"]
 
 
 def budget_ok(train_times, max_time: float, update_seconds: float,
@@ -76,7 +78,8 @@ def run_time_budget(out_dir, budget, *, problem_name: str = "regression", data_h
         rows.append({"run": run, "max_time": max_time, "train_time": estimator.train_time_,
                      "n_updates": estimator.n_updates_, "update_seconds": update,
                      "wall_seconds": wall, "stop_reason": estimator.stop_reason_,
-                     "within": budget_ok([estimator.train_time_], max_time, update)})
+                     "within": budget_ok([estimator.train_time_], max_time, update),
+                     "load_avg": round(os.getloadavg()[0], 2)})
         progress(f"time-budget: run {run + 1}: train_time_ {estimator.train_time_:.4f} s, "
                  f"{estimator.n_updates_} updates ({1000 * update:.1f} ms each), fit wall "
                  f"{wall:.3f} s, stop_reason {estimator.stop_reason_!r}")
@@ -97,6 +100,8 @@ def run_time_budget(out_dir, budget, *, problem_name: str = "regression", data_h
         f"{summary['max_train_time']:.4f} s, min {summary['min_train_time']:.4f} s",
         f"one update: {1000 * update:.2f} ms (median train_time_ / n_updates_); fit wall "
         f"time median {summary['median_wall_seconds']:.3f} s",
+        f"torch threads: {torch.get_num_threads()}; 1-minute load average at the end: "
+        f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
         f"criterion |train_time_ - {max_time:g}| <= 5 % + one update "
         f"(= {summary['tolerance_seconds']:.4f} s): {'holds' if ok else 'FAILS'}",
     ]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -38,7 +39,7 @@ from skkfac.search import search_space
 SOLVER_LABELS = {"kfac": "K-FAC", "sgd": "SGD"}
 RESULT_COLUMNS = ["val_loss", "val_loss_std", "val_losses", "val_accuracy", "objective",
                   "train_time", "n_updates", "stop_reason", "seeds", "wall_seconds",
-                  "finished_at"]
+                  "load_avg", "finished_at"]
 
 
 def tune_csv(out_dir, solver) -> Path:
@@ -199,6 +200,8 @@ def make_trial_evaluator(problem, data, solver: str, *, max_time: float, repeats
             "stop_reason": ";".join(sorted(set(reasons))),
             "seeds": ";".join(map(str, seeds)),
             "wall_seconds": round(time.time() - wall, 2),
+            # 1-minute load average: above the core count, timings were disturbed
+            "load_avg": round(os.getloadavg()[0], 2),
             "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
         }
 
