@@ -11,6 +11,12 @@ of one update (median of ``train_time_ / n_updates_``) and whether every run sat
 (training stops at the first mini-batch that *ends* past the budget, so overshooting by
 up to one update is by design). The wall-clock time of ``fit`` (data validation, tensor
 set-up, the final bookkeeping) is shown too; it is not part of the budget.
+
+The learning rate is set to 1e-3 instead of SGD's default 0.01: with the default, this
+deep network diverges within a second on some seeds (the estimator then stops early,
+which says nothing about the time budget). The learning rate does not change the cost of
+an update. A run that still stops for another reason than ``max_time`` is reported and
+left out of the criterion.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 from benchmarks.problems import REGRESSION_HIDDEN, get_problem
 from benchmarks.records import CsvLog, log
 
+LEARNING_RATE = 1e-3
 COLUMNS = ["run", "max_time", "train_time", "n_updates", "update_seconds", "wall_seconds",
            "stop_reason", "within", "load_avg"]
 
@@ -63,12 +70,14 @@ def run_time_budget(out_dir, budget, *, problem_name: str = "regression", data_h
     X, y, description = _data(problem_name, data_home, regression_data)
     max_time = budget.time_budget_max_time
     progress(f"time-budget: KFACRegressor(solver='sgd', hidden {REGRESSION_HIDDEN}, "
-             f"max_time={max_time:g}) x {budget.time_budget_runs} on {description}")
+             f"max_time={max_time:g}, learning_rate_init={LEARNING_RATE:g}) x "
+             f"{budget.time_budget_runs} on {description}")
     rows = []
     for run in range(budget.time_budget_runs):
         estimator = KFACRegressor(hidden_layer_sizes=REGRESSION_HIDDEN, solver="sgd",
-                                  max_time=max_time, max_iter=10**9, n_iter_no_change=10**9,
-                                  tol=0.0, device=device, random_state=seed + run)
+                                  max_time=max_time, learning_rate_init=LEARNING_RATE,
+                                  max_iter=10**9, n_iter_no_change=10**9, tol=0.0,
+                                  device=device, random_state=seed + run)
         wall = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -83,19 +92,22 @@ def run_time_budget(out_dir, budget, *, problem_name: str = "regression", data_h
         progress(f"time-budget: run {run + 1}: train_time_ {estimator.train_time_:.4f} s, "
                  f"{estimator.n_updates_} updates ({1000 * update:.1f} ms each), fit wall "
                  f"{wall:.3f} s, stop_reason {estimator.stop_reason_!r}")
-    times = [r["train_time"] for r in rows]
-    update = statistics.median(r["update_seconds"] for r in rows)
-    ok = budget_ok(times, max_time, update)
+    valid = [r for r in rows if r["stop_reason"] == "max_time"] or rows
+    times = [r["train_time"] for r in valid]
+    update = statistics.median(r["update_seconds"] for r in valid)
+    ok = budget_ok(times, max_time, update) and len(valid) == len(rows)
     summary = {
         "data": description, "max_time": max_time, "runs": len(rows),
         "median_train_time": statistics.median(times), "max_train_time": max(times),
         "min_train_time": min(times), "update_seconds": update,
         "median_wall_seconds": statistics.median(r["wall_seconds"] for r in rows),
         "tolerance_seconds": 0.05 * max_time + update, "criterion_holds": ok,
+        "runs_stopped_early": sum(r["stop_reason"] != "max_time" for r in rows),
     }
+    stopped = summary["runs_stopped_early"]
     lines = [
-        f"KFACRegressor(solver='sgd', max_time={max_time:g}), hidden {REGRESSION_HIDDEN}, "
-        f"{len(rows)} runs on {description}",
+        f"KFACRegressor(solver='sgd', max_time={max_time:g}, learning_rate_init="
+        f"{LEARNING_RATE:g}), hidden {REGRESSION_HIDDEN}, {len(rows)} runs on {description}",
         f"train_time_: median {summary['median_train_time']:.4f} s, max "
         f"{summary['max_train_time']:.4f} s, min {summary['min_train_time']:.4f} s",
         f"one update: {1000 * update:.2f} ms (median train_time_ / n_updates_); fit wall "
@@ -105,6 +117,9 @@ def run_time_budget(out_dir, budget, *, problem_name: str = "regression", data_h
         f"criterion |train_time_ - {max_time:g}| <= 5 % + one update "
         f"(= {summary['tolerance_seconds']:.4f} s): {'holds' if ok else 'FAILS'}",
     ]
+    if stopped:
+        lines.append(f"{stopped} run(s) stopped before the budget (not max_time) and are "
+                     "left out of the statistics; the criterion counts them as failures.")
     log_file = CsvLog(out_dir / "time_budget.csv", COLUMNS)
     if log_file.exists():
         log_file.path.unlink()  # a fresh measurement replaces the previous one
