@@ -51,9 +51,9 @@ class SquaredError:
             column[:, j] = scale
             yield column
 
-    def fisher_inner(self, output: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> float:
+    def fisher_inner(self, output: torch.Tensor, u: torch.Tensor, v: torch.Tensor):
         """Batch mean of ``uᵀ H v`` for output-space vectors ``u``, ``v`` (H: loss Hessian)."""
-        return float((u * v).sum(dim=1).mean()) * (2.0 / output.shape[1])
+        return (u * v).sum(dim=1).mean() * (2.0 / output.shape[1])
 
 
 class CrossEntropy:
@@ -76,10 +76,10 @@ class CrossEntropy:
             column[:, j] += 1.0
             yield column * p[:, j : j + 1].sqrt()
 
-    def fisher_inner(self, output: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> float:
+    def fisher_inner(self, output: torch.Tensor, u: torch.Tensor, v: torch.Tensor):
         """Batch mean of ``uᵀ (diag(p) − p pᵀ) v``."""
         p = torch.softmax(output.detach(), dim=1)
-        return float(((p * u * v).sum(dim=1) - (p * u).sum(dim=1) * (p * v).sum(dim=1)).mean())
+        return ((p * u * v).sum(dim=1) - (p * u).sum(dim=1) * (p * v).sum(dim=1)).mean()
 
 
 LOSSES = {cls.name: cls for cls in (SquaredError, CrossEntropy)}

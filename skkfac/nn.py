@@ -69,3 +69,64 @@ def build_mlp(
 def linear_layers(model: nn.Module) -> list[nn.Linear]:
     """The ``nn.Linear`` modules of ``model`` in registration (forward) order."""
     return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def _activation_derivative(module: nn.Module, pre: torch.Tensor, post: torch.Tensor):
+    """Derivative of an elementwise activation at ``pre`` (``post`` = its output)."""
+    if isinstance(module, nn.Tanh):
+        return 1.0 - post * post
+    if isinstance(module, nn.Sigmoid):
+        return post * (1.0 - post)
+    if isinstance(module, nn.ReLU):
+        return (pre > 0).to(pre.dtype)
+    return None
+
+
+def supports_fast_jvp(model: nn.Module) -> bool:
+    """Whether :func:`sequential_jvp` handles ``model`` (a plain MLP from :func:`build_mlp`)."""
+    return isinstance(model, nn.Sequential) and all(
+        isinstance(m, (nn.Linear, nn.Identity, nn.Tanh, nn.Sigmoid, nn.ReLU)) for m in model)
+
+
+@torch.no_grad()
+def sequential_jvp(model: nn.Sequential, X: torch.Tensor, tangent_sets):
+    """Output of an MLP and its Jacobian-vector products for several parameter tangents.
+
+    Forward-mode differentiation written out for ``Linear``/elementwise-activation
+    stacks: the primal pass runs once and all tangents travel together as one batch,
+    about half the cost of separate ``torch.func.jvp`` calls.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        Must satisfy :func:`supports_fast_jvp`.
+    X : Tensor of shape (n, n_inputs)
+    tangent_sets : list of lists of Tensor
+        Per tangent, one ``[dW, db]`` matrix (``out × (in + 1)``) per Linear layer.
+
+    Returns
+    -------
+    output : Tensor of shape (n, n_outputs)
+    products : Tensor of shape (len(tangent_sets), n, n_outputs)
+    """
+    n_tangents = len(tangent_sets)
+    a, da = X, None
+    linear_index = 0
+    for module in model:
+        if isinstance(module, nn.Linear):
+            dW = torch.stack([t[linear_index] for t in tangent_sets])  # (T, out, in + 1)
+            s = module(a)
+            ds = torch.matmul(a, dW[:, :, :-1].transpose(1, 2)) + dW[:, None, :, -1]
+            if da is not None:
+                ds += (da.reshape(-1, da.shape[-1]) @ module.weight.T).reshape(ds.shape)
+            a, da = s, ds
+            linear_index += 1
+        elif isinstance(module, nn.Identity):
+            continue
+        else:
+            post = module(a)
+            da = da * _activation_derivative(module, a, post)
+            a = post
+    if da is None:  # pragma: no cover - a model without Linear layers is rejected earlier
+        da = torch.zeros(n_tangents, *a.shape, dtype=a.dtype, device=a.device)
+    return a, da

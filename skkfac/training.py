@@ -119,6 +119,7 @@ class Trainer:
         self._window_loss, self._window_count = 0.0, 0
         self._best_weights = None
         self._reference_loss: float | None = None
+        self._pending_loss = torch.zeros((), dtype=X.dtype, device=X.device)
         self._consecutive_rejections = 0
         self._last_eval = (progress.n_updates, progress.train_time)
         if not progress.history:
@@ -152,7 +153,9 @@ class Trainer:
             order = torch.from_numpy(rng.permutation(n)).to(X.device)
             X, y = X[order], y[order]
         epoch_loss, epoch_count = 0.0, 0
-        pending_loss = torch.zeros((), dtype=X.dtype, device=X.device)
+        # Summed loss of the micro-batches of the update in progress (which may have
+        # started in the previous epoch); kept on the device until the update.
+        pending_loss = self._pending_loss
         for start in range(0, n, config.batch_size):
             X_batch = X[start:start + config.batch_size]
             y_batch = y[start:start + config.batch_size]

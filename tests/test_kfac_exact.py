@@ -121,6 +121,9 @@ def test_update_equals_explicit_kronecker_inverse(scheme):
     A_list = [b.A_sum / len(X) for b in opt.blocks]
     G_list = [b.G_sum / len(X) for b in opt.blocks]
     opt.step()
+    damping = damping * sum(torch.trace(A) / len(A) * torch.trace(G) / len(G)
+                            for A, G in zip(A_list, G_list)) / len(A_list)  # relative → absolute
+    assert opt.absolute_damping == pytest.approx(float(damping))
     for l_old, l_new, V, A, G in zip([m for m in before if isinstance(m, nn.Linear)], opt.layers,
                                      grads, A_list, G_list):
         if scheme == "eigen":
@@ -334,10 +337,11 @@ def test_adaptive_step_minimises_the_exact_quadratic_model():
     d = J.shape[1]
     F = torch.einsum("ndp,ndq->pq", J, J) * (2 / d) / len(X)
     C = torch.stack([flat(captured["directions"]), flat(captured["previous"])], 1)
-    M = C.T @ (F + damping * torch.eye(len(F))) @ C
+    absolute = damping * opt.hyper["curvature_scale"]
+    M = C.T @ (F + absolute * torch.eye(len(F))) @ C
     b = C.T @ flat(captured["gradients"])
     expected = torch.linalg.solve(M, -b)
-    torch.testing.assert_close(torch.tensor(opt.last_coefficients), expected)
+    torch.testing.assert_close(opt.last_coefficients, expected)
 
 
 def test_adaptive_step_is_newton_on_least_squares():
@@ -348,7 +352,26 @@ def test_adaptive_step_is_newton_on_least_squares():
                 damping_scheme="eigen")
     opt.accumulate(X, y)
     opt.step()
-    assert opt.last_coefficients == pytest.approx([1.0], rel=1e-6)
+    assert opt.last_coefficients.tolist() == pytest.approx([1.0], rel=1e-6)
     X1 = torch.cat([X, torch.ones(20, 1)], 1)
     solution = torch.linalg.lstsq(X1, y).solution
     torch.testing.assert_close(model[0].weight.detach(), solution[:-1].T)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "logistic", "identity"])
+def test_fast_sequential_jvp_matches_torch_func(activation):
+    from skkfac.nn import sequential_jvp
+
+    model = build_mlp(3, (5, 4), 2, activation, dtype=torch.float64,
+                      generator=torch.Generator().manual_seed(0))
+    X, _ = data(n=6)
+    opt = plain(model, "squared_error")
+    g = torch.Generator().manual_seed(1)
+    tangents = [[torch.randn(layer.out_features, layer.in_features + 1, generator=g)
+                 for layer in opt.layers] for _ in range(2)]
+    output, fast = sequential_jvp(model, X, tangents)
+    opt._fast_jvp = False
+    reference_output, reference = opt._jacobian_products(X, tangents)
+    torch.testing.assert_close(output, reference_output)
+    for a, b in zip(fast, reference):
+        torch.testing.assert_close(a, b)

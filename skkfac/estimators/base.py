@@ -151,7 +151,8 @@ class BaseKFACEstimator(BaseEstimator):
                                nesterov=self.nesterovs_momentum, alpha=self.alpha)
         return KFAC(self.model_, self._loss_name, lr=lr, damping=self.damping,
                     damping_scheme=self.damping_scheme, adapt_damping=self.adapt_damping,
-                    adaptive_step=self.adaptive_step, kl_clip=self.kl_clip, stat_decay=self.stat_decay,
+                    adaptive_step=self.adaptive_step, kl_clip=self.kl_clip,
+                    stat_decay=self.stat_decay,
                     momentum_rate=self.momentum_rate, momentum_max=self.momentum_max,
                     inv_update_freq=self.inv_update_freq, fisher=self.fisher,
                     curvature_batch_size=self.curvature_batch_size, alpha=self.alpha,

@@ -26,8 +26,10 @@ COMMON_PARAMETERS = """\
         SGD momentum.
     nesterovs_momentum : bool, default=True
         Use Nesterov's momentum (SGD).
-    damping : float, default=1e-3
-        K-FAC Tikhonov damping λ (initial value when ``adapt_damping``).
+    damping : float, default=0.1
+        K-FAC Tikhonov damping λ relative to the average eigenvalue of the Kronecker
+        factors at the first update (so it does not depend on the scale of the loss or
+        the data); initial value when ``adapt_damping``.
     damping_scheme : {'tikhonov', 'eigen', 'max_norm'}, default='tikhonov'
         K-FAC damping: factored Tikhonov, exact Tikhonov in the eigenbasis, or the
         study's divide-by-max normalisation. See :class:`skkfac.KFAC`.
@@ -52,9 +54,10 @@ COMMON_PARAMETERS = """\
     fisher : {'sampled', 'exact', 'empirical'}, default='sampled'
         How K-FAC estimates ``G``: targets sampled from the model (true Fisher), the
         exact expectation (one backward per output), or the labels (empirical Fisher).
-    curvature_batch_size : int or None, default=None
+    curvature_batch_size : int or None, default=256
         Estimate K-FAC's factors (and its quadratic model) on the first this many samples
-        of each update's batch, artificial batches included; ``None``: all of them.
+        of each update's batch, artificial batches included; ``None``: all of them. The
+        default keeps the curvature's cost independent of the batch size.
     max_iter : int, default=200
         Maximum number of epochs.
     max_time : float or None, default=None

@@ -5,7 +5,7 @@ Usable in two ways:
 * through the estimators (``solver='kfac'``), driven by :class:`skkfac.training.Trainer`;
 * on its own over any PyTorch model whose trainable layers are ``nn.Linear``::
 
-      opt = KFAC(model, loss="cross_entropy", lr=0.3)
+      opt = KFAC(model, loss="cross_entropy")
       for X, y in batches:
           opt.accumulate(X, y)   # forward, curvature statistics, backward
           opt.step()
@@ -17,6 +17,7 @@ one computed on the concatenated batch.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 
@@ -24,6 +25,7 @@ import torch
 from torch.func import functional_call, jvp
 
 from skkfac.curvature import DAMPING_SCHEMES, STAT_DECAY_SCHEDULES, KroneckerBlock, stat_decay
+from skkfac.nn import sequential_jvp, supports_fast_jvp
 from skkfac.solvers.base import Solver
 
 FISHER_TYPES = ("sampled", "exact", "empirical")
@@ -46,14 +48,18 @@ class KFAC(Solver, torch.optim.Optimizer):
         The network; every ``nn.Linear`` in it is trained, nothing else is.
     loss : {'squared_error', 'cross_entropy'} or loss object
         Per-example loss and its predictive distribution (:mod:`skkfac.losses`).
-    lr : float, default=0.2
+    lr : float, default=1.0
         Learning rate. With ``adaptive_step`` it multiplies the step that minimises the
-        quadratic model (``lr=1``: that optimum; the estimators use 1). Otherwise it is
+        quadratic model (``lr=1``: that optimum). Otherwise it is
         the step size; with ``damping_scheme='tikhonov'`` or ``'eigen'`` the Fisher has
         the curvature scale of the loss and ``lr=1`` is a full (damped) Newton-like step.
-    damping : float, default=1e-3
-        Tikhonov damping ``λ`` (initial value when ``adapt_damping``). For
-        ``'max_norm'`` it is the shift added to the max-normalised factors.
+    damping : float, default=0.1
+        Tikhonov damping ``λ`` *relative to the curvature's scale*: the absolute damping
+        is ``damping · s`` with ``s`` the mean over layers of
+        ``(tr A / dim A)(tr G / dim G)`` (the average eigenvalue of ``A ⊗ G``) measured
+        at the first update, so the same value suits losses and data of any scale.
+        Initial value when ``adapt_damping``. For ``'max_norm'`` it is the shift added to
+        the max-normalised factors.
     damping_scheme : {'tikhonov', 'eigen', 'max_norm'}, default='tikhonov'
         ``'tikhonov'``: factored Tikhonov ``(A + π√λ I) ⊗ (G + √λ/π I)``;
         ``'eigen'``: exact ``A ⊗ G + λ I`` in the factors' eigenbasis;
@@ -65,7 +71,7 @@ class KFAC(Solver, torch.optim.Optimizer):
     damping_adapt_interval : int, default=5
         Updates between two Levenberg–Marquardt adjustments.
     min_damping : float, default=1e-8
-        Lower bound of the adapted ``λ``.
+        Lower bound of the adapted (relative) ``λ``.
     adaptive_step : bool, default=True
         Choose the step size and the momentum of every update by minimising the exact
         (Gauss–Newton) quadratic model ``M(δ) = ∇ᵀδ + ½ δᵀ(F + λI)δ`` in the plane of the
@@ -90,7 +96,7 @@ class KFAC(Solver, torch.optim.Optimizer):
         Carlo); ``'exact'``: the expectation over the model's distribution computed in
         closed form, one backward pass per output unit (cheap for few outputs);
         ``'empirical'``: the training labels (empirical Fisher, for comparison only).
-    curvature_batch_size : int or None, default=None
+    curvature_batch_size : int or None, default=256
         Estimate ``A``, ``G`` and the quadratic model on the first this many examples of
         each (artificial) batch; the gradient always uses all of them. Makes the cost of
         the curvature independent of the batch size.
@@ -123,12 +129,12 @@ class KFAC(Solver, torch.optim.Optimizer):
 
     recovers_from_divergence = True
 
-    def __init__(self, model, loss="squared_error", *, lr=0.2, damping=1e-3,
+    def __init__(self, model, loss="squared_error", *, lr=1.0, damping=0.1,
                  damping_scheme="tikhonov", adapt_damping=True, damping_adapt_interval=5,
                  min_damping=1e-8, adaptive_step=True, kl_clip=None, stat_decay="linear",
                  momentum_rate=1.0,
                  momentum_max=0.6, momentum=None, inv_update_freq=10, fisher="sampled",
-                 curvature_batch_size=None, rejection_ratio=3.0, alpha=0.0,
+                 curvature_batch_size=256, rejection_ratio=3.0, alpha=0.0,
                  random_state=None):
         Solver.__init__(self, model, loss, alpha=alpha)
         if damping_scheme not in DAMPING_SCHEMES:
@@ -149,7 +155,8 @@ class KFAC(Solver, torch.optim.Optimizer):
                         momentum_rate=momentum_rate, momentum_max=momentum_max,
                         momentum=momentum, inv_update_freq=inv_update_freq, fisher=fisher,
                         curvature_batch_size=curvature_batch_size,
-                        rejection_ratio=rejection_ratio, step=0, inverse_damping=None)
+                        rejection_ratio=rejection_ratio, step=0, inverse_damping=None,
+                        curvature_scale=None)
         torch.optim.Optimizer.__init__(self, self.params, defaults)
         first = self.params[0]
         self.blocks = [KroneckerBlock(layer.in_features, layer.out_features,
@@ -163,6 +170,7 @@ class KFAC(Solver, torch.optim.Optimizer):
             ("forward_backward", "statistics", "inverse", "precondition", "update"), 0.0)
         self.last_rho: float | None = None
         self._curvature_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._fast_jvp = supports_fast_jvp(model)
 
     def __getstate__(self):
         # torch.Generator does not pickle: carry its device and state instead.
@@ -302,8 +310,6 @@ class KFAC(Solver, torch.optim.Optimizer):
         k = hyper["step"]
         decay = stat_decay(hyper["stat_decay"], k, hyper["momentum_rate"],
                            hyper["momentum_max"])
-        damping = hyper["damping"] + self.alpha
-
         with self._phase("update"):
             self._mean_gradients()
             gradients = self._layer_gradients()
@@ -312,6 +318,9 @@ class KFAC(Solver, torch.optim.Optimizer):
                 for block in self.blocks:
                     block.update_running_averages(self.n_curvature_examples, decay)
             self.n_curvature_examples = 0
+            if hyper["curvature_scale"] is None:
+                hyper["curvature_scale"] = self._curvature_scale()
+        damping = self.absolute_damping
         with self._phase("inverse"):
             if self._needs_inverse_refresh(k, damping):
                 self._refresh_inverses(damping)
@@ -332,6 +341,21 @@ class KFAC(Solver, torch.optim.Optimizer):
             if adapt:
                 self._adapt_damping(*model)
             self._reset_accumulation()
+
+    def _curvature_scale(self) -> float:
+        """Mean over layers of the average eigenvalue ``(tr A/dim A)(tr G/dim G)``."""
+        if self.hyper["damping_scheme"] == "max_norm" or self.blocks[0].A is None:
+            return 1.0  # max_norm normalises the factors itself
+        scales = [float(torch.trace(b.A)) / b.A.shape[0] * float(torch.trace(b.G)) / b.G.shape[0]
+                  for b in self.blocks]
+        scale = sum(scales) / len(scales)
+        return scale if scale > 0 and math.isfinite(scale) else 1.0
+
+    @property
+    def absolute_damping(self) -> float:
+        """The Tikhonov ``λ`` in the loss's units (plus the L2 penalty ``alpha``)."""
+        scale = self.hyper["curvature_scale"] or 1.0
+        return self.hyper["damping"] * scale + self.alpha
 
     def _momentum_steps(self, directions, momentum):
         """``buffer = momentum · buffer + direction``; step ``lr · buffer`` (heavy ball)."""
@@ -358,11 +382,19 @@ class KFAC(Solver, torch.optim.Optimizer):
         candidates = [directions] if previous[0] is None else [directions, previous]
         matrix, linear, loss_before = self._quadratic_model(candidates, gradients, damping)
         if len(candidates) == 2:
+            # Δ and δ₀ (nearly) parallel make the 2 × 2 system singular: keep Δ alone
+            # (decided on the device, without a host round trip).
             det = matrix[0, 0] * matrix[1, 1] - matrix[0, 1] ** 2
-            if det <= 1e-10 * matrix[0, 0] * matrix[1, 1]:  # Δ and δ₀ (nearly) parallel
-                candidates, matrix, linear = candidates[:1], matrix[:1, :1], linear[:1]
-        coefficients = torch.linalg.solve(matrix, -linear) * self.hyper["lr"]
-        self.last_coefficients = coefficients.tolist()
+            degenerate = det <= 1e-10 * matrix[0, 0] * matrix[1, 1]
+            alone = torch.stack([-linear[0] / matrix[0, 0], torch.zeros_like(linear[0])])
+            solved = torch.linalg.solve(
+                torch.where(degenerate, torch.eye(2, dtype=matrix.dtype, device=matrix.device),
+                            matrix), -linear)
+            coefficients = torch.where(degenerate, alone, solved)
+        else:
+            coefficients = -linear / matrix[0, 0]
+        coefficients = coefficients * self.hyper["lr"]
+        self.last_coefficients = coefficients
         steps = [sum(c * candidate[i] for c, candidate in zip(coefficients, candidates))
                  for i in range(len(self.layers))]
         return steps, (coefficients @ linear + 0.5 * coefficients @ matrix @ coefficients,
@@ -394,6 +426,9 @@ class KFAC(Solver, torch.optim.Optimizer):
 
     def _jacobian_products(self, X, tangent_sets):
         """Network output on ``X`` and ``J t`` for each set of per-layer tangents ``t``."""
+        if self._fast_jvp:
+            output, products = sequential_jvp(self.model, X, tangent_sets)
+            return output, list(products)
         named = dict(self.model.named_parameters())
         names = [name for name, p in named.items() if any(p is q for q in self.params)]
         params = tuple(named[name] for name in names)
@@ -422,14 +457,16 @@ class KFAC(Solver, torch.optim.Optimizer):
         X, y = self._curvature_batch()
         output, products = self._jacobian_products(X, candidates)
         n = len(candidates)
-        matrix = torch.empty(n, n, dtype=torch.float64)
-        linear = torch.empty(n, dtype=torch.float64)
+        linear = torch.stack([sum((V * c).sum() for V, c in zip(gradients, candidates[i]))
+                              for i in range(n)]).double()
+        entries = {}
         for i in range(n):
-            linear[i] = sum((V * c).sum() for V, c in zip(gradients, candidates[i]))
             for j in range(i, n):
                 inner = sum((a * b).sum() for a, b in zip(candidates[i], candidates[j]))
-                value = self.loss.fisher_inner(output, products[i], products[j]) + damping * inner
-                matrix[i, j] = matrix[j, i] = value
+                entries[i, j] = entries[j, i] = (
+                    self.loss.fisher_inner(output, products[i], products[j]) + damping * inner)
+        matrix = torch.stack([torch.stack([entries[i, j] for j in range(n)])
+                              for i in range(n)]).double()
         loss_before = self.loss.per_example(output, y).mean()
         return matrix, linear, loss_before
 
