@@ -5,7 +5,11 @@
 #
 # Budgets (environment variables): T training seconds per search trial and per compare
 # run (default 20), N trials per solver (default 16), PROBLEMS (default
-# "mnist_ae regression"). About 50 minutes on 2 CPU cores with the defaults. Every stage
+# "mnist_ae regression"), THREADS torch threads per process (default 1: on a 2-core
+# machine shared with other jobs, a multi-threaded process slows down by orders of
+# magnitude on small operations whenever another process runs, which would distort the
+# K-FAC/SGD comparison; set THREADS=2 on a dedicated machine). About 35-40 minutes on a
+# 2-core CPU with the defaults. Every stage
 # resumes where it stopped when the script is run again; each writes a log under
 # benchmarks/results/logs/.
 set -euo pipefail
@@ -13,6 +17,7 @@ DATA=${1:-${SKKFAC_DATA:-$HOME/skkfac_data}}
 T=${T:-20}
 N=${N:-16}
 PROBLEMS=${PROBLEMS:-"mnist_ae regression"}
+THREADS=${THREADS:-1}
 OUT=benchmarks/results
 mkdir -p "$OUT/logs"
 
@@ -20,7 +25,7 @@ run() {  # run <log name> <sub-command and options...>
     local name=$1
     shift
     echo "=== python -m benchmarks $* (log: $OUT/logs/$name.log)"
-    python -m benchmarks "$@" --out "$OUT" 2>&1 | tee -a "$OUT/logs/$name.log"
+    python -m benchmarks "$@" --out "$OUT" --threads "$THREADS" 2>&1 | tee -a "$OUT/logs/$name.log"
 }
 
 run time_budget time-budget --problem regression --data-home "$DATA" ||
