@@ -56,7 +56,8 @@ def _data(problem_name: str, data_home, regression_data: str):
     if problem_name != "regression":
         raise SystemExit("time-budget runs on --problem regression (default) or digits")
     data = get_problem("regression").load(data_home, regression_data=regression_data)
-    return data.X_full, data.y_full, data.summary()
+    text = f"{data.dataset}, all {len(data.X_full)} training rows"
+    return data.X_full, data.y_full, f"{text}. NOTE: {data.note}" if data.note else text
 
 
 def run_time_budget(out_dir, budget, *, problem_name: str = "regression", data_home=None,
