@@ -66,6 +66,8 @@ class CrossEntropy:
 
     def sample_targets(self, output: torch.Tensor, generator=None) -> torch.Tensor:
         probabilities = torch.softmax(output.detach(), dim=1)
+        # A diverged network outputs NaN: draw anything, its loss is rejected upstream.
+        probabilities = torch.nan_to_num(probabilities, nan=1.0, posinf=1.0, neginf=0.0)
         return torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
 
     def hessian_sqrt_columns(self, output: torch.Tensor):

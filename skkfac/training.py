@@ -118,7 +118,6 @@ class Trainer:
         clock = TrainingClock(X.device, progress.train_time)
         self._window_loss, self._window_count = 0.0, 0
         self._best_weights = None
-        self._reference_loss: float | None = None
         self._pending_loss = torch.zeros((), dtype=X.dtype, device=X.device)
         self._consecutive_rejections = 0
         self._last_eval = (progress.n_updates, progress.train_time)
@@ -183,12 +182,9 @@ class Trainer:
 
     def _update(self, solver: Solver, progress: TrainingProgress, batch_loss: float) -> bool:
         """Check the loss at the current weights, then step. False means stop training."""
-        reference = self._reference_loss
-        if solver.is_rejected(batch_loss, reference):
+        if solver.is_rejected(batch_loss):
             return self._reject(solver, progress, batch_loss)
         self._consecutive_rejections = 0
-        self._reference_loss = (batch_loss if reference is None
-                                else 0.8 * reference + 0.2 * batch_loss)
         solver.backup()
         solver.step()
         progress.n_updates += 1

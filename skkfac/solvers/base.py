@@ -105,6 +105,6 @@ class Solver:
     def on_restore(self) -> None:
         """Hook for solvers to react to a rejected update (e.g. raise damping)."""
 
-    def is_rejected(self, batch_loss: float, reference_loss: float | None) -> bool:
+    def is_rejected(self, batch_loss: float) -> bool:
         """Whether the loss seen after the last update means that update must be undone."""
         return not math.isfinite(batch_loss)

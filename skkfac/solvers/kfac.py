@@ -100,9 +100,11 @@ class KFAC(Solver, torch.optim.Optimizer):
         Estimate ``A``, ``G`` and the quadratic model on the first this many examples of
         each (artificial) batch; the gradient always uses all of them. Makes the cost of
         the curvature independent of the batch size.
-    rejection_ratio : float, default=3.0
-        An update after which the next batch loss is non-finite or exceeds this multiple
-        of the recent average is undone and ``λ`` is raised tenfold.
+    rejection_ratio : float, default=2.0
+        An update after which the loss *on the same curvature batch* is non-finite or
+        more than this multiple of the loss before it is undone at once, ``λ`` is raised
+        tenfold and the momentum forgotten (comparing on the same examples keeps the
+        mini-batch noise out of the decision).
     alpha : float, default=0.0
         L2 penalty on the weights; also added to the damping.
     random_state : int or None
@@ -134,7 +136,7 @@ class KFAC(Solver, torch.optim.Optimizer):
                  min_damping=1e-8, adaptive_step=True, kl_clip=None, stat_decay="linear",
                  momentum_rate=1.0,
                  momentum_max=0.6, momentum=None, inv_update_freq=10, fisher="sampled",
-                 curvature_batch_size=256, rejection_ratio=3.0, alpha=0.0,
+                 curvature_batch_size=256, rejection_ratio=2.0, alpha=0.0,
                  random_state=None):
         Solver.__init__(self, model, loss, alpha=alpha)
         if damping_scheme not in DAMPING_SCHEMES:
@@ -171,6 +173,7 @@ class KFAC(Solver, torch.optim.Optimizer):
         self.last_rho: float | None = None
         self._curvature_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._fast_jvp = supports_fast_jvp(model)
+        self.n_rejected_steps = 0
 
     def __getstate__(self):
         # torch.Generator does not pickle: carry its device and state instead.
@@ -330,17 +333,33 @@ class KFAC(Solver, torch.optim.Optimizer):
             adapt = (hyper["adapt_damping"] and hyper["damping_scheme"] != "max_norm"
                      and k % hyper["damping_adapt_interval"] == 0)
             if hyper["adaptive_step"]:
-                steps, model = self._rescaled_steps(directions, gradients, damping)
+                steps, (predicted, loss_before) = self._rescaled_steps(
+                    directions, gradients, damping)
             else:
                 momentum = decay if hyper["momentum"] is None else hyper["momentum"]
                 steps = self._momentum_steps(self._clip(directions, gradients), momentum)
-                model = self._quadratic_model([steps], gradients, damping) if adapt else None
+                if adapt:
+                    matrix, linear, loss_before = self._quadratic_model(
+                        [steps], gradients, damping)
+                    predicted = linear[0] + 0.5 * matrix[0, 0]
+                else:
+                    loss_before = self._curvature_loss()
             self._apply(steps)
-            for layer, step in zip(self.layers, steps):
-                self.state[layer.weight]["previous_step"] = step
-            if adapt:
-                self._adapt_damping(*model)
+            loss_after = float(self._curvature_loss())
+            if not loss_after <= hyper["rejection_ratio"] * float(loss_before):  # NaN too
+                self._apply([-step for step in steps])
+                self.n_rejected_steps += 1
+                self.on_restore()
+            else:
+                for layer, step in zip(self.layers, steps):
+                    self.state[layer.weight]["previous_step"] = step
+                if adapt:
+                    self._adapt_damping(predicted, loss_before, loss_after)
             self._reset_accumulation()
+
+    def _curvature_loss(self) -> torch.Tensor:
+        X, y = self._curvature_batch()
+        return self.loss.per_example(self.model(X), y).mean()
 
     def _curvature_scale(self) -> float:
         """Mean over layers of the average eigenvalue ``(tr A/dim A)(tr G/dim G)``."""
@@ -470,11 +489,9 @@ class KFAC(Solver, torch.optim.Optimizer):
         loss_before = self.loss.per_example(output, y).mean()
         return matrix, linear, loss_before
 
-    def _adapt_damping(self, predicted_change, loss_before) -> None:
+    def _adapt_damping(self, predicted_change, loss_before, loss_after: float) -> None:
         """Levenberg–Marquardt: compare the loss change on the curvature batch with M(δ)."""
-        X, y = self._curvature_batch()
-        loss_after = self.loss.per_example(self.model(X), y).mean()
-        actual = float(loss_after - loss_before)
+        actual = loss_after - float(loss_before)
         predicted = float(predicted_change)
         rho = actual / predicted if predicted < 0 else float("-inf")
         self.last_rho = rho
@@ -492,12 +509,6 @@ class KFAC(Solver, torch.optim.Optimizer):
         self._curvature_rows = []
         for block in self.blocks:
             block.reset_sums()
-
-    def is_rejected(self, batch_loss: float, reference_loss: float | None) -> bool:
-        if super().is_rejected(batch_loss, reference_loss):
-            return True
-        return (reference_loss is not None
-                and batch_loss > self.hyper["rejection_ratio"] * reference_loss)
 
     def on_restore(self) -> None:
         """After a rejected update: raise damping tenfold, forget momentum, re-invert."""
