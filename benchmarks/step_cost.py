@@ -49,7 +49,8 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[250, 1000, 4096, 10000])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--inv-update-freq", type=int, default=10)
-    parser.add_argument("--curvature-batch-size", type=int, default=None)
+    parser.add_argument("--curvature-batch-size", type=int, default=256,
+                        help="K-FAC curvature_batch_size (0: the whole batch)")
     parser.add_argument("--damping-scheme", default="tikhonov")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -71,7 +72,7 @@ def main(argv=None):
         repeats = max(args.repeats, args.inv_update_freq)
         kfac = KFAC(build_mlp(784, LAYERS, 784, device=device), lr=0.1,
                     damping_scheme=args.damping_scheme, inv_update_freq=args.inv_update_freq,
-                    curvature_batch_size=args.curvature_batch_size, random_state=0)
+                    curvature_batch_size=args.curvature_batch_size or None, random_state=0)
         for _ in range(2):  # warm-up
             kfac.accumulate(X, X)
             kfac.step()

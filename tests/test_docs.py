@@ -188,3 +188,13 @@ def test_public_names_have_examples():
     for obj in (skkfac.KFACRegressor, skkfac.KFACClassifier, skkfac.KFACAutoencoder,
                 skkfac.KFAC, build_mlp):
         assert "Examples\n" in (obj.__doc__ or ""), obj.__qualname__
+
+
+def test_readme_python_blocks_run(sandbox):
+    """The README's ```python blocks run, in order, in one namespace."""
+    readme = DOCS.parent / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) >= 2
+    namespace = {"__name__": "__readme__"}
+    for block in blocks:
+        exec(compile(block, str(readme), "exec"), namespace)

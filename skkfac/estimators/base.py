@@ -35,6 +35,17 @@ PREDICT_CHUNK = 8192
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def store_parameters(estimator, arguments: dict) -> None:
+    """Keep every constructor argument unchanged as an attribute (sklearn's rule).
+
+    Called as ``store_parameters(self, locals())`` first thing in ``__init__``, so the
+    long parameter lists are written once, in the signatures sklearn introspects.
+    """
+    for name, value in arguments.items():
+        if name not in ("self", "__class__"):
+            setattr(estimator, name, value)
+
+
 def resolve_device(device: str) -> torch.device:
     """``'auto'`` → the first CUDA device when one is available, else the CPU."""
     if device == "auto":
