@@ -13,8 +13,10 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from benchmarks.problems import PROBLEMS
@@ -125,6 +127,45 @@ def _study_comparison(problem, folder: Path) -> str:
             f"(study: {problem.study['budget']}):\n\n" + _markdown(pd.DataFrame(rows)))
 
 
+def _bound_notes(folder: Path, k: int = 4) -> list[str]:
+    """Parameters of the best trials lying on an edge of the search space."""
+    from skkfac.search import search_space
+
+    notes = []
+    for solver in ("kfac", "sgd"):
+        trials = _trials(folder, solver)
+        if not len(trials):
+            continue
+        best = trials.nsmallest(k, "val_loss")
+        space = search_space(solver, int(read_settings(folder / f"tune_{solver}.json")
+                                         .get("n_train", 10**9)))
+        for name, dimension in space.items():
+            if name not in best:
+                continue
+            low, high = dimension.bounds
+            for edge, label in ((low, "lower"), (high, "upper")):
+                hits = int(np.isclose(best[name].astype(float), edge, rtol=1e-3).sum())
+                if hits:
+                    notes.append(f"{SOLVER_LABELS[solver]}: `{name}` is at the {label} end "
+                                 f"({edge:g}) of the search space in {hits} of the best "
+                                 f"{len(best)} trials")
+    return notes
+
+
+def _load_note(folder: Path) -> str:
+    loads = []
+    for name in ("tune_kfac.csv", "tune_sgd.csv", "compare_runs.csv"):
+        path = folder / name
+        if path.is_file():
+            frame = pd.read_csv(path, on_bad_lines="skip")
+            if "load_avg" in frame:
+                loads.extend(frame["load_avg"].dropna().tolist())
+    if not loads:
+        return ""
+    return (f"1-minute load average at the end of the trials and runs: median "
+            f"{np.median(loads):.2f}, max {max(loads):.2f} ({os.cpu_count()} CPUs)")
+
+
 def _problem_section(problem, folder: Path, out: Path) -> str:
     rel = folder.relative_to(out)
     parts = [f"## {problem.title} (`{problem.name}`)"]
@@ -148,8 +189,15 @@ def _problem_section(problem, folder: Path, out: Path) -> str:
     if bs:
         details.append(f"batch-size: time budget {bs['max_time']} s, update budgets "
                        f"{bs['updates']} / {bs['artificial_updates']}")
+    load = _load_note(folder)
+    if load:
+        details.append(load)
     if details:
         parts.append("\n".join(f"- {d}" for d in details))
+    bounds = _bound_notes(folder)
+    if bounds:
+        parts.append("Search-space edges reached (a wider range might help):\n\n"
+                     + "\n".join(f"- {b}" for b in bounds))
     comparison = _study_comparison(problem, folder)
     if comparison:
         parts.append(comparison)
