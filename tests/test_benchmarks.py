@@ -27,11 +27,12 @@ from skkfac.search import kfac_search_space, search_space, sgd_search_space
 # -- search spaces ------------------------------------------------------------------------
 
 
-def test_search_spaces_follow_the_study_and_cap_batch_size():
+def test_search_spaces_cover_the_useful_ranges_and_cap_batch_size():
     kfac = kfac_search_space()
     assert set(kfac) == {"learning_rate_init", "batch_size", "momentum_rate", "momentum_max",
                          "damping"}
-    assert kfac["batch_size"].bounds == (250, 15000)
+    assert kfac["batch_size"].bounds == (250, 8000)
+    assert kfac["learning_rate_init"].bounds == (0.2, 1.5)  # around the adaptive optimum
     assert kfac["learning_rate_init"].prior == "log-uniform"
     assert kfac["damping"].prior == "log-uniform"
     sgd = sgd_search_space(n_samples=1000)
