@@ -85,6 +85,9 @@ class TrainingProgress:
     no_improvement_count: int = 0
     n_rejected_updates: int = 0
     stop_reason: str = ""
+    #: Summed loss of micro-batches accumulated towards an update not yet made (kept
+    #: between ``partial_fit`` calls, like the solver's accumulated gradients).
+    pending_loss: float = 0.0
 
 
 class Trainer:
@@ -108,17 +111,19 @@ class Trainer:
 
     def run(self, solver: Solver, X: torch.Tensor, y: torch.Tensor,
             progress: TrainingProgress, *, rng: np.random.RandomState,
-            max_epochs: int | None = None, check_convergence: bool = True,
+            max_epochs: int | None = None, incremental: bool = False,
             ) -> TrainingProgress:
         """Train for at most ``max_epochs`` epochs (default: the config's).
 
-        ``check_convergence=False`` (``partial_fit``) skips sklearn's stopping rules.
+        ``incremental=True`` (``partial_fit``) skips sklearn's stopping rules and keeps
+        an artificial batch that is not complete yet for the next call.
         """
         config = self.config
         clock = TrainingClock(X.device, progress.train_time)
         self._window_loss, self._window_count = 0.0, 0
         self._best_weights = None
-        self._pending_loss = torch.zeros((), dtype=X.dtype, device=X.device)
+        self._pending_loss = torch.full((), progress.pending_loss, dtype=X.dtype,
+                                        device=X.device)
         self._consecutive_rejections = 0
         self._last_eval = (progress.n_updates, progress.train_time)
         if not progress.history:
@@ -136,12 +141,12 @@ class Trainer:
                       f"updates = {progress.n_updates}, time = {clock.elapsed:.2f}s")
             if config.eval_every is None and config.eval_interval is None:
                 self._record(solver, progress)
-            if check_convergence and self._converged(solver, progress, epoch_loss):
+            if not incremental and self._converged(solver, progress, epoch_loss):
                 progress.stop_reason = "converged"
                 break
         else:
             progress.stop_reason = "max_iter"
-        self._finish(solver, progress)
+        self._finish(solver, progress, keep_accumulated=incremental)
         return progress
 
     # -- one epoch -----------------------------------------------------------------------
@@ -251,12 +256,16 @@ class Trainer:
         progress.no_improvement_count = 0 if improved else progress.no_improvement_count + 1
         return progress.no_improvement_count > self.config.n_iter_no_change
 
-    def _finish(self, solver, progress) -> None:
+    def _finish(self, solver, progress, *, keep_accumulated: bool) -> None:
         with torch.no_grad():
             if self._best_weights is not None:
                 torch._foreach_copy_([p.data for p in solver.params], self._best_weights)
             elif not all(torch.isfinite(p).all() for p in solver.params):
                 solver.restore()
-        solver.discard()
+        if keep_accumulated and progress.stop_reason != "diverged":
+            progress.pending_loss = float(self._pending_loss)
+        else:
+            solver.discard()
+            progress.pending_loss = 0.0
         if progress.history[-1]["update"] != progress.n_updates or self._window_count:
             self._record(solver, progress)

@@ -175,6 +175,12 @@ def test_warm_start_and_partial_fit_continue(regression_data):
     for _ in range(3):
         inc.partial_fit(X, y)
     assert inc.n_iter_ == 3 and inc.n_updates_ == 9
+    # An artificial batch larger than one call's data is completed by the next calls.
+    chunked = KFACRegressor(hidden_layer_sizes=(8,), batch_size=50,
+                            artificial_batch_size=250, random_state=0)
+    for start in range(0, 300, 100):
+        chunked.partial_fit(X[start:start + 100], y[start:start + 100])
+    assert chunked.n_updates_ == 1 and chunked.t_ == 300
     clf = KFACClassifier(hidden_layer_sizes=(8,), random_state=0)
     X_iris, y_iris = load_iris(return_X_y=True)
     with pytest.raises(ValueError, match="classes must be passed"):

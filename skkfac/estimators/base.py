@@ -220,7 +220,7 @@ class BaseKFACEstimator(BaseEstimator):
         progress = trainer.run(self.solver_, X_t, y_t, self._progress,
                                rng=self._shuffle_rng,
                                max_epochs=1 if incremental else None,
-                               check_convergence=not incremental)
+                               incremental=incremental)
         self.model_.eval()
         self._publish(progress, incremental)
         return self
