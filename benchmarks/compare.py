@@ -110,7 +110,13 @@ def compute_verdict(runs: pd.DataFrame, histories: pd.DataFrame, budget_seconds:
               "all_kfac_beat_all_sgd": all_beat(kfac[final_col], sgd[final_col],
                                                 higher_is_better=higher),
               "sgd_best_final": math.nan, "kfac_best_final": math.nan,
-              "kfac_reached_sgd_best": None, "budget": float(budget_seconds)}
+              "kfac_reached_sgd_best": None, "budget": float(budget_seconds),
+              "end_times": {}}
+    if "train_time" in runs:
+        # Training stops after the first update that ends past the budget.
+        for solver, group in runs.groupby("solver"):
+            times = group["train_time"].to_numpy(dtype=float)
+            result["end_times"][solver] = (float(times.min()), float(times.max()))
     if len(sgd) and len(kfac):
         pick = np.nanmax if higher else np.nanmin
         sgd_best = float(pick(sgd[final_col].to_numpy(dtype=float)))
@@ -144,6 +150,12 @@ def format_verdict(verdict: dict) -> list[str]:
                          f"({verdict['sgd_best_final']:.5g}) at t = {hit['time']:.2f} s "
                          f"({100 * hit['fraction']:.0f} % of the {verdict['budget']:g} s "
                          f"budget), update {hit['update']}, run {hit['run']}")
+    ends = verdict.get("end_times") or {}
+    if ends and verdict["metric"] == "loss":
+        lines.append("runs ended (training seconds; training stops after the first update "
+                     "that ends past the budget): " + ", ".join(
+                         f"{SOLVER_LABELS[s]} {lo:.1f}-{hi:.1f} s"
+                         for s, (lo, hi) in sorted(ends.items())))
     return lines
 
 

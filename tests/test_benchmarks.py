@@ -180,8 +180,10 @@ def test_verdict_all_beat_and_first_reach():
         _history("sgd", 1, [0, 5, 10], [0.1, 0.04, 0.020]),
         _history("sgd", 2, [0, 5, 10], [0.1, 0.05, 0.030]),
     ])
-    verdict = compare.compute_verdict(runs, histories, 10.0)
+    verdict = compare.compute_verdict(runs.assign(train_time=[10.2, 11.5, 10.0, 10.1]),
+                                      histories, 10.0)
     assert verdict["all_kfac_beat_all_sgd"] is True
+    assert verdict["end_times"] == {"kfac": (10.2, 11.5), "sgd": (10.0, 10.1)}
     assert verdict["sgd_best_final"] == pytest.approx(0.020)
     hit = verdict["kfac_reached_sgd_best"]
     # K-FAC #2 reaches 0.020 at t=4 (update 20), before K-FAC #1 (t=6).
@@ -190,6 +192,7 @@ def test_verdict_all_beat_and_first_reach():
     lines = compare.format_verdict(verdict)
     assert lines[0].endswith(": yes")
     assert "at t = 4.00 s (40 % of the 10 s budget)" in lines[2]
+    assert lines[3].endswith("K-FAC 10.2-11.5 s, SGD 10.0-10.1 s")
 
     # One SGD run better than one K-FAC run: "no"; K-FAC never reaching SGD's best.
     worse = runs.assign(final_loss=[0.010, 0.025, 0.005, 0.030])
