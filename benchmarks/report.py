@@ -14,6 +14,7 @@ import datetime
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -127,22 +128,31 @@ def _study_comparison(problem, folder: Path) -> str:
             f"(study: {problem.study['budget']}):\n\n" + _markdown(pd.DataFrame(rows)))
 
 
-def _bound_notes(folder: Path, k: int = 4) -> list[str]:
-    """Parameters of the best trials lying on an edge of the search space."""
-    from skkfac.search import search_space
+_BOUNDS = re.compile(r"low=([^,]+), high=([^,)]+)")
 
+
+def _recorded_bounds(settings: dict) -> dict:
+    """``{parameter: (low, high)}`` from the search space recorded with the trials."""
+    bounds = {}
+    for name, text in (settings.get("space") or {}).items():
+        match = _BOUNDS.search(text)
+        if match:
+            bounds[name] = (float(match[1]), float(match[2]))
+    return bounds
+
+
+def _bound_notes(folder: Path, k: int = 4) -> list[str]:
+    """Parameters of the best trials lying on an edge of the search space they used."""
     notes = []
     for solver in ("kfac", "sgd"):
         trials = _trials(folder, solver)
         if not len(trials):
             continue
         best = trials.nsmallest(k, "val_loss")
-        space = search_space(solver, int(read_settings(folder / f"tune_{solver}.json")
-                                         .get("n_train", 10**9)))
-        for name, dimension in space.items():
+        bounds = _recorded_bounds(read_settings(folder / f"tune_{solver}.json"))
+        for name, (low, high) in bounds.items():
             if name not in best:
                 continue
-            low, high = dimension.bounds
             for edge, label in ((low, "lower"), (high, "upper")):
                 hits = int(np.isclose(best[name].astype(float), edge, rtol=1e-3).sum())
                 if hits:
@@ -164,6 +174,18 @@ def _load_note(folder: Path) -> str:
         return ""
     return (f"1-minute load average at the end of the trials and runs: median "
             f"{np.median(loads):.2f}, max {max(loads):.2f} ({os.cpu_count()} CPUs)")
+
+
+def _code_versions(out: Path, problem) -> str:
+    """Which code revision the finished tune / compare / batch-size commands ran on."""
+    found = {}
+    for entry in read_commands(out):
+        words = entry["command"].split()
+        if entry["status"] != "finished" or f"--problem {problem.name}" not in entry["command"]:
+            continue
+        step = next((w for w in words[3:4]), "?")
+        found[step] = entry["version"]  # the last finished one counts
+    return ", ".join(f"{step} {version}" for step, version in found.items() if version)
 
 
 def _problem_section(problem, folder: Path, out: Path) -> str:
@@ -192,6 +214,9 @@ def _problem_section(problem, folder: Path, out: Path) -> str:
     load = _load_note(folder)
     if load:
         details.append(load)
+    versions = _code_versions(out, problem)
+    if versions:
+        details.append(f"code revision of the last finished commands: {versions}")
     if details:
         parts.append("\n".join(f"- {d}" for d in details))
     bounds = _bound_notes(folder)
