@@ -13,7 +13,6 @@ from skkfac.losses import CrossEntropy, SquaredError
 from skkfac.nn import build_mlp
 
 
-
 @pytest.fixture(autouse=True)
 def float64_by_default():
     """Exact comparisons in double precision, without leaking into other test modules."""
@@ -334,7 +333,7 @@ def test_adaptive_step_minimises_the_exact_quadratic_model():
             tensors.append(theta[offset:offset + size].reshape(shape))
             offset += size
         h = X
-        for i, layer in enumerate(opt.layers):
+        for i in range(len(opt.layers)):
             h = h @ tensors[2 * i].T + tensors[2 * i + 1]
             if i < len(opt.layers) - 1:
                 h = torch.tanh(h)
