@@ -176,6 +176,21 @@ def _load_note(folder: Path) -> str:
             f"{np.median(loads):.2f}, max {max(loads):.2f} ({os.cpu_count()} CPUs)")
 
 
+def _stale_spaces(folder: Path) -> list[str]:
+    """Solvers whose recorded search space differs from today's ``skkfac.search``."""
+    from skkfac.search import search_space
+
+    stale = []
+    for solver in ("kfac", "sgd"):
+        settings = read_settings(folder / f"tune_{solver}.json")
+        if not settings.get("space"):
+            continue
+        current = search_space(solver, int(settings.get("n_train", 10**9)))
+        if {k: repr(v) for k, v in current.items()} != settings["space"]:
+            stale.append(SOLVER_LABELS[solver])
+    return stale
+
+
 def _code_versions(out: Path, problem) -> str:
     """Which code revision the finished tune / compare / batch-size commands ran on."""
     found = {}
@@ -217,6 +232,11 @@ def _problem_section(problem, folder: Path, out: Path) -> str:
     versions = _code_versions(out, problem)
     if versions:
         details.append(f"code revision of the last finished commands: {versions}")
+    stale = _stale_spaces(folder)
+    if stale:
+        details.append(f"**the search of {' and '.join(stale)} used another search space than "
+                       "the current `skkfac.search`** (an earlier version of the code: "
+                       "re-run `tune --fresh` and `compare --fresh` to refresh)")
     if details:
         parts.append("\n".join(f"- {d}" for d in details))
     bounds = _bound_notes(folder)
