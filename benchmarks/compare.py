@@ -487,7 +487,7 @@ def summarize_compare(problem, data, out_dir, budget, *, plan=None, progress=log
                  f"; training-loss curves on a fixed sample of {budget.train_eval_rows} "
                  "training rows, final training loss on all of them")
     header = [f"{problem.title} — {data.summary()}",
-              f"network {problem.architecture(data.X_train.shape[1])}; "
+              f"network {problem.network(data)}; "
               f"{budget_seconds:g} s training budget per run{rows_note}"]
     (out_dir / "table.md").write_text(
         "\n".join(f"_{h}_  " for h in header) + "\n\n" + markdown)

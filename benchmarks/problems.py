@@ -113,6 +113,17 @@ class Problem:
             sizes = (n_features, *self.layers, n_outputs or 1)
         return "-".join(map(str, sizes))
 
+    def network(self, data: Data) -> str:
+        """The architecture as trained on ``data`` (outputs: classes or targets)."""
+        y = data.y_full
+        if y is None:
+            outputs = None
+        elif self.is_classifier:
+            outputs = len(np.unique(y))
+        else:
+            outputs = 1 if np.ndim(y) == 1 else np.shape(y)[1]
+        return self.architecture(data.X_full.shape[1], outputs)
+
     # -- estimators -------------------------------------------------------------------
     def make_estimator(self, solver: str, **params):
         """The problem's estimator with the benchmark defaults, ``solver`` and ``params``."""
