@@ -155,6 +155,8 @@ def plot_batch_size(out_dir, problem, points: pd.DataFrame, *, note: str = "",
 
     config_color = lambda rank: _color("kfac", rank)  # noqa: E731
     config_label = lambda rank: f"K-FAC config #{int(rank)}"  # noqa: E731
+    run_color = lambda key: _color(*key)  # noqa: E731
+    run_label = lambda key: f"{label(key[0])} #{int(key[1])}"  # noqa: E731
 
     fig2 = [points[points["experiment"] == e] for e in ("fig2_time", "fig2_updates")]
     if any(len(f) for f in fig2):
@@ -162,15 +164,17 @@ def plot_batch_size(out_dir, problem, points: pd.DataFrame, *, note: str = "",
         titles = [f"time budget {time_budget:g} s", f"update budget {update_budget} updates"]
         for ax, frame, title in zip(axes, fig2, titles):
             if len(frame):
-                lines(ax, frame, "batch_size", "config", config_label, config_color)
+                lines(ax, frame, "batch_size", ["solver", "config"], run_label, run_color)
                 ax.set_yscale("log")
             ax.set_xlabel("batch size")
             ax.set_ylabel(problem.loss_name)
             ax.set_title(title, fontsize=9)
             ax.legend(fontsize=7)
-        fig.suptitle(f"{problem.title}: final test loss against batch size (Figure 2)",
+        fig.suptitle(f"{problem.title}: final test loss against batch size (Figure 2; "
+                     "K-FAC's best configurations and each other solver's best)",
                      fontsize=10)
         written.append(_save(fig, out_dir / "batch_size_fig2.png", note))
+    fig2 = [f[f["solver"] == "kfac"] for f in fig2]  # Figure 3 right: K-FAC's inversions
 
     fig3 = points[points["experiment"] == "fig3_lr"]
     if len(fig3) or len(fig2[0]):

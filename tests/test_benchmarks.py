@@ -466,6 +466,9 @@ def test_quick_path_end_to_end(tmp_path, capsys):
         pd.read_csv(folder / "tune_sgd.csv")["trial"])
     history = pd.read_csv(folder / "compare_history.csv")
     assert history["train_set_loss"].notna().all()
+    points = pd.read_csv(folder / "batch_size.csv")  # Figure 2 has every solver
+    assert set(points.loc[points["experiment"] == "fig2_time", "solver"]) == set(solvers)
+    assert set(points.loc[points["experiment"] == "fig4_time", "solver"]) == {"kfac"}
     assert (tmp_path / "time_budget" / "time_budget.txt").is_file()
     report_text = (tmp_path / "REPORT.md").read_text()
     assert "digits/compare_loss.png" in report_text and "verdict on the held-out loss" \
