@@ -113,7 +113,7 @@ DEFAULT = Budget()
 PROBLEM_BUDGETS = {
     "mnist_ae": DEFAULT.override(
         tune_max_time=60.0, compare_max_time=120.0, n_trials=24, n_initial_points=8,
-        eval_points=24, bs_max_time=20.0, bs_updates=50, bs_configs=2,
+        eval_points=16, bs_max_time=20.0, bs_updates=50, bs_configs=2,
         bs_batch_sizes=(25, 100, 250, 1000, 2500, 10000),
         bs_lr_factors=(0.25, 0.5, 1.0, 2.0), bs_lr_batch_sizes=(25, 100, 250, 1000, 5000),
         bs_real_batch=25, bs_artificial_sizes=(25, 100, 250, 1000, 2500),
@@ -123,8 +123,8 @@ PROBLEM_BUDGETS = {
     "protein": DEFAULT.override(tune_max_time=30.0, compare_max_time=60.0, n_trials=24,
                                 n_initial_points=8, eval_points=24),
     "cifar10": DEFAULT.override(tune_max_time=90.0, compare_max_time=240.0, n_trials=12,
-                                n_initial_points=5, top_k=1, eval_points=12,
-                                train_eval_rows=10000),
+                                n_initial_points=5, top_k=1, eval_points=10,
+                                train_eval_rows=5000),
 }
 
 

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seeds per configuration" + per_problem.format(d.seeds))
     compare.add_argument("--train-eval-rows", type=int, default=None,
                          help="training rows evaluated for the training-loss curves "
-                              "(default: all; cifar10: 10000)")
+                              "(default: all; cifar10: 5000)")
     compare.add_argument("--eval-points", type=int, default=None,
                          help=f"test evaluations per run (default {d.eval_points})")
     compare.add_argument("--fresh", action="store_true", help="discard earlier runs")
