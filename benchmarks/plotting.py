@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
@@ -116,19 +117,29 @@ def plot_tune_losses(out_dir, problem, *, note: str = "") -> Path | None:
     top = float(finite_all.max()) * 1.5 if finite_all.size else 1.0
     for solver, trials in frames.items():
         bad = np.array([is_diverged(row) for row in trials.to_dict("records")], dtype=bool)
-        losses = np.sort(trials["val_loss"].to_numpy(dtype=float)[~bad])
+        losses = trials["val_loss"].to_numpy(dtype=float)
+        finite = np.isfinite(losses)
+        order = np.argsort(losses[finite])
+        sorted_losses, sorted_bad = losses[finite][order], bad[finite][order]
         color = _color(solver, 1)
-        ax.plot(np.arange(1, len(losses) + 1), losses, marker="o", ms=3, color=color,
-                label=f"{label(solver)} ({len(losses)} trials"
-                      + (f", {int(bad.sum())} diverged" if bad.any() else "") + ")")
-        diverged = trials[bad]
-        if len(diverged):
-            xs = np.arange(len(losses) + 1, len(losses) + 1 + len(diverged))
-            ax.plot(xs, np.full(len(xs), top), ls="none", marker="x", ms=6, color=color)
-            for x, trial in zip(xs, diverged["trial"]):
-                ax.annotate(str(int(trial)), (x, top), textcoords="offset points",
-                            xytext=(0, -10), ha="center", fontsize=6, color=color)
+        xs = np.arange(1, len(sorted_losses) + 1)
+        ax.plot(xs, sorted_losses, marker="o", ms=3, color=color,
+                label=f"{label(solver)} ({len(trials)} trials"
+                      + (f", {int(bad.sum())} diverged/failed" if bad.any() else "") + ")")
+        # Diverged trials: a cross on the curve (finite loss: the weights before the
+        # divergence were kept) or at the top edge (no finite loss), with the trial number.
+        marked = [(x, y, t) for x, y, t, b in zip(xs, sorted_losses,
+                                                  trials["trial"][finite].to_numpy()[order],
+                                                  sorted_bad) if b]
+        extra = np.arange(len(sorted_losses) + 1, len(trials) + 1)
+        marked += [(x, top, t) for x, t in zip(extra, trials["trial"][~finite])]
+        for x, y, trial in marked:
+            ax.plot([x], [y], ls="none", marker="x", ms=7, color=color)
+            ax.annotate(str(int(trial)), (x, y), textcoords="offset points",
+                        xytext=(0, 5), ha="center", fontsize=6, color=color)
     ax.set_yscale("log")
+    ax.set_ylim(top=top * 1.4)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("trials sorted by validation loss (x: diverged/failed, trial number)")
     ax.set_ylabel(problem.loss_name.replace("test", "validation"))
     ax.grid(alpha=0.3, which="both")
