@@ -3,8 +3,14 @@
 Responsibilities: shuffling with the estimator's random state, mini-batches held as
 tensor slices on the device, artificial batches (several micro-batches per update),
 the epoch / wall-clock budgets, the evaluation schedule for learning curves, sklearn's
-convergence and early-stopping rules, and rejecting diverged updates so that a
-non-finite loss never leaves NaN weights behind.
+convergence and early-stopping rules, and rejections: the trainer alone counts and
+records them, from the solvers' :class:`~skkfac.solvers.spec.StepReport` and from a
+non-finite loss after an update (which it undoes, so that NaN weights are never left
+behind).
+
+Host reads are kept to one per update on a GPU: the batch's loss is read together with
+the previous step's report (:meth:`StepReport.fetch`); a report is otherwise only read
+when a history row is written.
 
 Training time is measured with the clock paused while evaluating, as in the study.
 """
@@ -21,9 +27,12 @@ import numpy as np
 import torch
 
 from skkfac.solvers.base import Solver
+from skkfac.solvers.spec import StepReport
 
 #: Consecutive rejected updates after which training gives up.
 MAX_CONSECUTIVE_REJECTIONS = 8
+#: Step-report fields recorded in every history row (NaN when a solver omits them).
+REPORT_COLUMNS = ("damping", "rho", "step_size", "momentum")
 
 
 class TrainingClock:
@@ -125,7 +134,14 @@ class Trainer:
         self._pending_loss = torch.full((), progress.pending_loss, dtype=X.dtype,
                                         device=X.device)
         self._consecutive_rejections = 0
+        self._report: StepReport | None = None  # the last step's report, not read yet
+        self._report_values = dict.fromkeys(REPORT_COLUMNS, math.nan)
         self._last_eval = (progress.n_updates, progress.train_time)
+        if not incremental:
+            # Nothing may be pending at the start of a fit (a checkpoint written in the
+            # middle of an artificial batch holds no gradients).
+            solver.discard()
+            self._pending_loss.zero_()
         if not progress.history:
             self._record(solver, progress)
         progress.stop_reason = ""
@@ -167,8 +183,8 @@ class Trainer:
                 pending_loss += solver.accumulate(X_batch, y_batch)
                 progress.samples_seen += X_batch.shape[0]
                 if solver.n_accumulated >= config.update_size:
-                    batch_loss = float(pending_loss) / solver.n_accumulated
                     count = solver.n_accumulated
+                    batch_loss = self._read_loss(pending_loss / count, progress)
                     pending_loss.zero_()
                     if not self._update(solver, progress, batch_loss):
                         progress.train_time = clock.elapsed
@@ -187,15 +203,44 @@ class Trainer:
 
     def _update(self, solver: Solver, progress: TrainingProgress, batch_loss: float) -> bool:
         """Check the loss at the current weights, then step. False means stop training."""
+        if self._consecutive_rejections >= MAX_CONSECUTIVE_REJECTIONS:
+            return self._give_up(progress, f"{self._consecutive_rejections} consecutive "
+                                 "updates were rejected")
         if solver.is_rejected(batch_loss):
             return self._reject(solver, progress, batch_loss)
-        self._consecutive_rejections = 0
         solver.backup()
-        solver.step()
+        report = solver.step()
+        # TODO(merge): KFAC.step returns None (and counts its own rejections) until the
+        # K-FAC engine's StepReport lands; None is then an accepted update.
+        self._report = StepReport() if report is None else report
         progress.n_updates += 1
         return True
 
+    def _read_loss(self, loss: torch.Tensor, progress: TrainingProgress) -> float:
+        """The batch's mean loss, read with the previous step's report in one transfer."""
+        if self._report is None:
+            return float(loss)
+        values = self._report.fetch(loss)
+        self._take_report(values, progress)
+        return values["extra"][0]
+
+    def _read_report(self, progress: TrainingProgress) -> None:
+        if self._report is not None:
+            self._take_report(self._report.fetch(), progress)
+
+    def _take_report(self, values: dict, progress: TrainingProgress) -> None:
+        """Count a read step report's rejection and keep its fields for the history."""
+        self._report = None
+        if values["accepted"]:
+            self._consecutive_rejections = 0
+        else:
+            progress.n_rejected_updates += 1
+            self._consecutive_rejections += 1
+        self._report_values = {name: math.nan if values[name] is None else values[name]
+                               for name in REPORT_COLUMNS}
+
     def _reject(self, solver, progress, batch_loss) -> bool:
+        """Undo the update after which the loss became non-finite."""
         has_backup = solver.has_backup
         if has_backup:
             solver.restore()
@@ -203,15 +248,16 @@ class Trainer:
             solver.discard()
         progress.n_rejected_updates += 1
         self._consecutive_rejections += 1
-        if (solver.recovers_from_divergence and has_backup
-                and self._consecutive_rejections < MAX_CONSECUTIVE_REJECTIONS):
+        if solver.recovers_from_divergence and has_backup:
             return True
+        return self._give_up(progress, f"the loss became {batch_loss:.4g}")
+
+    def _give_up(self, progress, why: str) -> bool:
         progress.stop_reason = "diverged"
         warnings.warn(
-            f"Training stopped after update {progress.n_updates}: the loss became "
-            f"{batch_loss:.4g}. The last weights with a finite loss were kept; "
-            "try a smaller learning rate (or more damping for K-FAC).",
-            RuntimeWarning, stacklevel=4)
+            f"Training stopped after update {progress.n_updates}: {why}. The last weights "
+            "with a finite loss were kept; try a smaller learning rate (or more damping "
+            "for K-FAC).", RuntimeWarning, stacklevel=5)
         return False
 
     # -- evaluation and stopping rules ----------------------------------------------------
@@ -232,6 +278,8 @@ class Trainer:
         row = {"update": progress.n_updates, "epoch": progress.n_epochs,
                "samples": progress.samples_seen, "time": progress.train_time,
                "train_loss": train_loss, "eval_loss": eval_loss, "eval_score": eval_score}
+        self._read_report(progress)
+        row.update(self._report_values)
         row.update({f"time_{phase}": seconds for phase, seconds in solver.phase_times.items()})
         progress.history.append(row)
         self._window_loss, self._window_count = 0.0, 0
@@ -257,6 +305,7 @@ class Trainer:
         return progress.no_improvement_count > self.config.n_iter_no_change
 
     def _finish(self, solver, progress, *, keep_accumulated: bool) -> None:
+        self._read_report(progress)
         with torch.no_grad():
             if self._best_weights is not None:
                 torch._foreach_copy_([p.data for p in solver.params], self._best_weights)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from numbers import Integral
+from typing import ClassVar
 
 import numpy as np
 from sklearn.base import TransformerMixin
@@ -10,11 +11,12 @@ from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
 from skkfac.estimators.base import BaseKFACEstimator, store_parameters
-from skkfac.estimators.docs import COMMON_PARAMETERS, FITTED_ATTRIBUTES
+from skkfac.estimators.docs import document
 
 
+@document
 class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
-    __doc__ = f"""Deep autoencoder trained by K-FAC or Nesterov SGD.
+    """Deep autoencoder trained by K-FAC, Nesterov SGD or Adam.
 
     The network is ``n_features → encoder_layer_sizes → mirrored decoder → n_features``;
     the default is the study's (and Hinton & Salakhutdinov's) MNIST autoencoder
@@ -24,13 +26,11 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
 
     Parameters
     ----------
-    encoder_layer_sizes : tuple of int, default=(1000, 500, 250, 30)
-        Widths of the encoder's layers; the last one is the code size.
-{COMMON_PARAMETERS}
+    <parameters>
 
     Attributes
     ----------
-{FITTED_ATTRIBUTES}
+    <fitted attributes>
 
     Examples
     --------
@@ -44,16 +44,21 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
     True
     """
 
+    _parameter_constraints: ClassVar[dict] = {
+        **BaseKFACEstimator._parameter_constraints,
+        "encoder_layer_sizes": ["array-like"],
+    }
     _loss_name = "squared_error"
     _supervised = False
 
     def __init__(self, encoder_layer_sizes=(1000, 500, 250, 30), activation="tanh", *,
                  solver="kfac", alpha=0.0, batch_size="auto", artificial_batch_size=None,
                  learning_rate_init=None, momentum=0.9, nesterovs_momentum=True,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  damping=0.1, damping_scheme="tikhonov", adapt_damping=True,
-                 adaptive_step=True, kl_clip=None,
-                 stat_decay="linear", momentum_rate=1.0, momentum_max=0.6,
-                 inv_update_freq=10, fisher="sampled", curvature_batch_size=256,
+                 adaptive_step=True, kl_clip=None, stat_decay="linear", momentum_rate=1.0,
+                 momentum_max=0.6, inv_update_freq=10, fisher="sampled",
+                 curvature_batch_size=256,
                  max_iter=200, max_time=None, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, shuffle=True,
                  eval_every=None, eval_interval=None, random_state=None, verbose=False,

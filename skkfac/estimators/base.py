@@ -6,6 +6,7 @@ the network has, which loss it trains and how a held-out set is scored.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from numbers import Integral, Real
 from typing import ClassVar
@@ -19,17 +20,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skkfac.curvature import DAMPING_SCHEMES, STAT_DECAY_SCHEDULES
 from skkfac.losses import get_loss
 from skkfac.nn import ACTIVATIONS, build_mlp
-from skkfac.solvers import KFAC, NesterovSGD
-from skkfac.solvers.kfac import FISHER_TYPES
+from skkfac.solvers import SOLVERS, get_solver
+from skkfac.solvers.spec import estimator_parameters, solver_arguments
 from skkfac.training import Trainer, TrainingConfig, TrainingProgress
 
-#: Default learning rate of each solver when ``learning_rate_init=None``.
-DEFAULT_LEARNING_RATES = {"kfac": 1.0, "sgd": 0.01}
-#: ``batch_size='auto'`` means ``min(AUTO_BATCH_SIZE[solver], n_samples)``.
-AUTO_BATCH_SIZES = {"kfac": 1000, "sgd": 200}
 #: Rows per forward pass when predicting or evaluating (bounds memory).
 PREDICT_CHUNK = 8192
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -61,24 +57,13 @@ class BaseKFACEstimator(BaseEstimator):
 
     _parameter_constraints: ClassVar[dict] = {
         "activation": [StrOptions(set(ACTIVATIONS))],
-        "solver": [StrOptions({"kfac", "sgd"})],
+        "solver": [StrOptions(set(SOLVERS))],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "artificial_batch_size": [None, Interval(Integral, 1, None, closed="left")],
-        "learning_rate_init": [None, Interval(Real, 0, None, closed="neither")],
-        "momentum": [Interval(Real, 0, 1, closed="left")],
-        "nesterovs_momentum": ["boolean"],
-        "damping": [Interval(Real, 0, None, closed="left")],
-        "damping_scheme": [StrOptions(set(DAMPING_SCHEMES))],
-        "adapt_damping": ["boolean"],
-        "adaptive_step": ["boolean"],
-        "kl_clip": [None, Interval(Real, 0, None, closed="neither")],
-        "stat_decay": [StrOptions(set(STAT_DECAY_SCHEDULES))],
-        "momentum_rate": [Interval(Real, 0, None, closed="neither")],
-        "momentum_max": [Interval(Real, 0, 1, closed="left")],
-        "inv_update_freq": [Interval(Integral, 1, None, closed="left")],
-        "fisher": [StrOptions(set(FISHER_TYPES))],
-        "curvature_batch_size": [None, Interval(Integral, 1, None, closed="left")],
+        # The solvers' options, from their declarations (skkfac.solvers.spec).
+        **{name: parameter.constraints
+           for name, parameter in estimator_parameters().items()},
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "max_time": [None, Interval(Real, 0, None, closed="neither")],
         "tol": [Interval(Real, 0, None, closed="left")],
@@ -132,7 +117,7 @@ class BaseKFACEstimator(BaseEstimator):
 
     def _effective_batch_size(self, n_samples: int) -> int:
         if self.batch_size == "auto":
-            return min(AUTO_BATCH_SIZES[self.solver], n_samples)
+            return min(get_solver(self.solver).auto_batch_size, n_samples)
         if self.batch_size > n_samples:
             warnings.warn(f"Got batch_size={self.batch_size} larger than the number of "
                           f"samples ({n_samples}); using {n_samples}.", UserWarning,
@@ -156,18 +141,12 @@ class BaseKFACEstimator(BaseEstimator):
         self._progress = TrainingProgress()
 
     def _make_solver(self, rng):
-        lr = self.learning_rate_init or DEFAULT_LEARNING_RATES[self.solver]
-        if self.solver == "sgd":
-            return NesterovSGD(self.model_, self._loss_name, lr=lr, momentum=self.momentum,
-                               nesterov=self.nesterovs_momentum, alpha=self.alpha)
-        return KFAC(self.model_, self._loss_name, lr=lr, damping=self.damping,
-                    damping_scheme=self.damping_scheme, adapt_damping=self.adapt_damping,
-                    adaptive_step=self.adaptive_step, kl_clip=self.kl_clip,
-                    stat_decay=self.stat_decay,
-                    momentum_rate=self.momentum_rate, momentum_max=self.momentum_max,
-                    inv_update_freq=self.inv_update_freq, fisher=self.fisher,
-                    curvature_batch_size=self.curvature_batch_size, alpha=self.alpha,
-                    random_state=int(rng.randint(2**31 - 1)))
+        """The chosen solver, built from the parameters it declares."""
+        cls = get_solver(self.solver)
+        arguments = solver_arguments(cls, self.get_params(deep=False))
+        if "random_state" in inspect.signature(cls).parameters:  # K-FAC's sampling
+            arguments["random_state"] = int(rng.randint(2**31 - 1))
+        return cls(self.model_, self._loss_name, alpha=self.alpha, **arguments)
 
     # -- fitting -----------------------------------------------------------------------------
     #: False for the autoencoder: its targets are its inputs.
@@ -195,7 +174,7 @@ class BaseKFACEstimator(BaseEstimator):
         rng = check_random_state(self.random_state)
         if first_fit:
             self._initialize(X.shape[1], self._n_outputs(y_encoded), rng)
-        elif (self.solver == "kfac") != isinstance(self.solver_, KFAC):
+        elif self.solver_.name != self.solver:
             self.solver_ = self._make_solver(rng)
 
         X_train, y_train = X, y_encoded
@@ -266,6 +245,7 @@ class BaseKFACEstimator(BaseEstimator):
         self.train_time_ = progress.train_time
         self.loss_curve_ = list(progress.loss_curve)
         self.loss_ = self.loss_curve_[-1] if self.loss_curve_ else float("nan")
+        # TODO(merge): drop n_rejected_steps once KFAC.step returns a StepReport.
         self.n_rejected_updates_ = (progress.n_rejected_updates
                                     + getattr(self.solver_, "n_rejected_steps", 0))
         self.stop_reason_ = progress.stop_reason

@@ -8,24 +8,25 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 
 from skkfac.estimators._params import MLPEstimator
-from skkfac.estimators.docs import COMMON_PARAMETERS, FITTED_ATTRIBUTES
+from skkfac.estimators.docs import document
 
 
+@document
 class KFACClassifier(ClassifierMixin, MLPEstimator):
-    __doc__ = f"""Multi-layer perceptron classifier trained by K-FAC or Nesterov SGD.
+    """Multi-layer perceptron classifier trained by K-FAC, Nesterov SGD or Adam.
 
     The network has one output per class, a softmax and the cross-entropy loss; labels
     may be any hashable values (strings, integers).
 
     Parameters
     ----------
-{COMMON_PARAMETERS}
+    <parameters>
 
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
         The class labels.
-{FITTED_ATTRIBUTES}
+    <fitted attributes>
 
     Examples
     --------

@@ -7,22 +7,23 @@ import torch
 from sklearn.base import RegressorMixin
 
 from skkfac.estimators._params import MLPEstimator
-from skkfac.estimators.docs import COMMON_PARAMETERS, FITTED_ATTRIBUTES
+from skkfac.estimators.docs import document
 
 
+@document
 class KFACRegressor(RegressorMixin, MLPEstimator):
-    __doc__ = f"""Multi-layer perceptron regressor trained by K-FAC or Nesterov SGD.
+    """Multi-layer perceptron regressor trained by K-FAC, Nesterov SGD or Adam.
 
     The loss is the mean squared error over samples and outputs. ``predict`` returns a
     1-d array when ``y`` was 1-d at fit time, else ``(n_samples, n_outputs)``.
 
     Parameters
     ----------
-{COMMON_PARAMETERS}
+    <parameters>
 
     Attributes
     ----------
-{FITTED_ATTRIBUTES}
+    <fitted attributes>
 
     Examples
     --------
