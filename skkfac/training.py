@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from skkfac.callbacks import FitEvent
 from skkfac.solvers.base import Solver
 from skkfac.solvers.spec import StepReport
 
@@ -71,7 +72,6 @@ class TrainingConfig:
     eval_every: int | None = None
     eval_interval: float | None = None
     shuffle: bool = True
-    verbose: bool = False
 
     @property
     def update_size(self) -> int:
@@ -110,13 +110,31 @@ class Trainer:
         evaluation schedule with the training clock paused.
     validate : callable, optional
         ``validate() -> score`` on the early-stopping split, once per epoch.
+    callbacks : list, optional
+        Objects with some of the methods of :class:`skkfac.callbacks.Callback`, called
+        with a :class:`skkfac.callbacks.FitEvent`, with the training clock paused.
+    estimator : object, optional
+        The estimator being trained, passed on to the callbacks.
     """
 
     def __init__(self, config: TrainingConfig, *, evaluate: Callable | None = None,
-                 validate: Callable | None = None):
+                 validate: Callable | None = None, callbacks=(), estimator=None):
         self.config = config
         self.evaluate = evaluate
         self.validate = validate
+        self.callbacks = list(callbacks)
+        self.estimator = estimator
+
+    def _notify(self, hook: str, **fields) -> None:
+        """Call ``hook`` on every callback that has it."""
+        if not self.callbacks:
+            return
+        event = FitEvent(self.estimator, self._progress, self.config, **self._event_fields,
+                         **fields)
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(event)
 
     def run(self, solver: Solver, X: torch.Tensor, y: torch.Tensor,
             progress: TrainingProgress, *, rng: np.random.RandomState,
@@ -128,6 +146,10 @@ class Trainer:
         an artificial batch that is not complete yet for the next call.
         """
         config = self.config
+        epochs = config.max_epochs if max_epochs is None else max_epochs
+        self._progress = progress
+        self._event_fields = dict(max_epochs=epochs, n_samples=X.shape[0],
+                                  incremental=incremental)
         clock = TrainingClock(X.device, progress.train_time)
         self._window_loss, self._window_count = 0.0, 0
         self._best_weights = None
@@ -142,27 +164,27 @@ class Trainer:
             # middle of an artificial batch holds no gradients).
             solver.discard()
             self._pending_loss.zero_()
+        progress.stop_reason = ""
+        self._notify("on_fit_begin")
         if not progress.history:
             self._record(solver, progress)
-        progress.stop_reason = ""
-        epochs = config.max_epochs if max_epochs is None else max_epochs
         for _ in range(epochs):
             epoch_loss = self._run_epoch(solver, X, y, progress, clock, rng)
             if epoch_loss is None:  # stopped within the epoch
                 break
             progress.n_epochs += 1
             progress.loss_curve.append(epoch_loss)
-            if config.verbose:
-                print(f"Epoch {progress.n_epochs}, loss = {epoch_loss:.8f}, "
-                      f"updates = {progress.n_updates}, time = {clock.elapsed:.2f}s")
             if config.eval_every is None and config.eval_interval is None:
                 self._record(solver, progress)
-            if not incremental and self._converged(solver, progress, epoch_loss):
+            converged = not incremental and self._converged(solver, progress, epoch_loss)
+            self._notify("on_epoch_end", loss=epoch_loss)
+            if converged:
                 progress.stop_reason = "converged"
                 break
         else:
             progress.stop_reason = "max_iter"
         self._finish(solver, progress, keep_accumulated=incremental)
+        self._notify("on_fit_end")
         return progress
 
     # -- one epoch -----------------------------------------------------------------------
@@ -173,6 +195,7 @@ class Trainer:
             order = torch.from_numpy(rng.permutation(n)).to(X.device)
             X, y = X[order], y[order]
         epoch_loss, epoch_count = 0.0, 0
+        updated = False
         # Summed loss of the micro-batches of the update in progress (which may have
         # started in the previous epoch); kept on the device until the update.
         pending_loss = self._pending_loss
@@ -193,7 +216,11 @@ class Trainer:
                     epoch_count += count
                     self._window_loss += batch_loss * count
                     self._window_count += count
+                    updated = True
             progress.train_time = clock.elapsed
+            if updated:
+                updated = False
+                self._notify("on_update", loss=batch_loss, report=self._report)
             if config.max_time is not None and clock.elapsed >= config.max_time:
                 progress.stop_reason = "max_time"
                 return None
@@ -284,9 +311,7 @@ class Trainer:
         progress.history.append(row)
         self._window_loss, self._window_count = 0.0, 0
         self._last_eval = (progress.n_updates, progress.train_time)
-        if self.config.verbose and self.evaluate is not None:
-            print(f"  update {progress.n_updates}: eval loss = {eval_loss:.6g}, "
-                  f"eval score = {eval_score:.6g} at {progress.train_time:.2f}s")
+        self._notify("on_evaluate", row=row)
 
     def _converged(self, solver, progress, epoch_loss) -> bool:
         """sklearn's MLP rule: no improvement larger than ``tol`` for n_iter_no_change epochs."""

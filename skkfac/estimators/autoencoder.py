@@ -62,7 +62,7 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
                  max_iter=200, max_time=None, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, shuffle=True,
                  eval_every=None, eval_interval=None, random_state=None, verbose=False,
-                 warm_start=False, device="auto", dtype="float32"):
+                 callbacks=None, warm_start=False, device="auto", dtype="float32"):
         store_parameters(self, locals())
 
     def _layer_sizes(self):

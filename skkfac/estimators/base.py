@@ -20,6 +20,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from skkfac.callbacks import LogProgress, check_callbacks, verbose_logging
 from skkfac.losses import get_loss
 from skkfac.nn import ACTIVATIONS, build_mlp
 from skkfac.solvers import SOLVERS, get_solver
@@ -75,6 +76,7 @@ class BaseKFACEstimator(BaseEstimator):
         "eval_interval": [None, Interval(Real, 0, None, closed="neither")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "callbacks": [None, list],
         "warm_start": ["boolean"],
         "device": [str],
         "dtype": [StrOptions(set(DTYPES))],
@@ -114,6 +116,7 @@ class BaseKFACEstimator(BaseEstimator):
                 f"artificial_batch_size={self.artificial_batch_size} must be >= "
                 f"batch_size={self.batch_size}: it is the number of samples per update.")
         resolve_device(self.device)
+        check_callbacks(self.callbacks)
 
     def _effective_batch_size(self, n_samples: int) -> int:
         if self.batch_size == "auto":
@@ -191,15 +194,19 @@ class BaseKFACEstimator(BaseEstimator):
             artificial_batch_size=self.artificial_batch_size, max_epochs=self.max_iter,
             max_time=self.max_time, tol=self.tol, n_iter_no_change=self.n_iter_no_change,
             early_stopping=validate is not None, eval_every=self.eval_every,
-            eval_interval=self.eval_interval, shuffle=self.shuffle, verbose=bool(self.verbose))
-        trainer = Trainer(config, evaluate=evaluate, validate=validate)
+            eval_interval=self.eval_interval, shuffle=self.shuffle)
+        callbacks = [LogProgress()] if self.verbose else []
+        callbacks += check_callbacks(self.callbacks)
+        trainer = Trainer(config, evaluate=evaluate, validate=validate, callbacks=callbacks,
+                          estimator=self)
         X_t = self._to_tensor(X_train)
         y_t = self._to_tensor(y_train, integer=self._loss_name == "cross_entropy")
         self.model_.train()
-        progress = trainer.run(self.solver_, X_t, y_t, self._progress,
-                               rng=self._shuffle_rng,
-                               max_epochs=1 if incremental else None,
-                               incremental=incremental)
+        with verbose_logging(bool(self.verbose)):
+            progress = trainer.run(self.solver_, X_t, y_t, self._progress,
+                                   rng=self._shuffle_rng,
+                                   max_epochs=1 if incremental else None,
+                                   incremental=incremental)
         self.model_.eval()
         self._publish(progress, incremental)
         return self
@@ -237,8 +244,13 @@ class BaseKFACEstimator(BaseEstimator):
         self.model_.train(was_training)
         return loss, score
 
-    def _publish(self, progress: TrainingProgress, incremental: bool) -> None:
-        """Expose the training progress as sklearn-style fitted attributes."""
+    def _publish(self, progress: TrainingProgress, incremental: bool, *,
+                 warn: bool = True) -> None:
+        """Expose the training progress as sklearn-style fitted attributes.
+
+        Also called during training by :class:`skkfac.callbacks.Checkpoint`
+        (``warn=False``).
+        """
         self.n_iter_ = progress.n_epochs
         self.n_updates_ = progress.n_updates
         self.t_ = progress.samples_seen
@@ -258,7 +270,7 @@ class BaseKFACEstimator(BaseEstimator):
             self.validation_scores_ = None
             self.best_validation_score_ = None
             self.best_loss_ = progress.best_loss
-        if progress.stop_reason == "max_iter" and not incremental:
+        if warn and progress.stop_reason == "max_iter" and not incremental:
             warnings.warn(f"Stochastic optimizer: maximum iterations ({self.max_iter}) "
                           "reached and the optimization hasn't converged yet.",
                           ConvergenceWarning, stacklevel=4)
