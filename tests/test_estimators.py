@@ -238,3 +238,24 @@ def test_bad_data_raises(regression_data):
         KFACClassifier().fit(X, y)
     with pytest.raises(ValueError, match="CUDA is not available"):
         KFACRegressor(device="cuda").fit(X, y)
+
+
+def test_autoencoder_feature_names_and_pandas_output():
+    X = pd.DataFrame(load_digits().data[:300] / 16).add_prefix("pixel")
+    ae = KFACAutoencoder(encoder_layer_sizes=(16, 3), max_iter=2, random_state=0)
+    ae.set_output(transform="pandas")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        codes = ae.fit_transform(X)
+    names = ["kfacautoencoder0", "kfacautoencoder1", "kfacautoencoder2"]
+    assert list(ae.get_feature_names_out()) == names
+    assert isinstance(codes, pd.DataFrame) and list(codes.columns) == names
+    assert codes.index.equals(X.index)
+    np.testing.assert_allclose(codes.to_numpy(), ae.set_output(transform="default")
+                               .transform(X), rtol=1e-6)
+    pipe = make_pipeline(StandardScaler(), KFACAutoencoder(encoder_layer_sizes=(8, 2),
+                                                           max_iter=1, random_state=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe.fit(X)
+    assert list(pipe.get_feature_names_out()) == ["kfacautoencoder0", "kfacautoencoder1"]

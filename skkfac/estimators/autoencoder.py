@@ -6,7 +6,7 @@ from numbers import Integral
 from typing import ClassVar
 
 import numpy as np
-from sklearn.base import TransformerMixin
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
@@ -15,7 +15,7 @@ from skkfac.estimators.docs import document
 
 
 @document
-class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
+class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFACEstimator):
     """Deep autoencoder trained by K-FAC, Nesterov SGD or Adam.
 
     The network is ``n_features → encoder_layer_sizes → mirrored decoder → n_features``;
@@ -81,9 +81,12 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-        y : ignored
-        eval_set : array-like or tuple, optional
-            Held-out inputs ``X_val`` (or ``(X_val,)``/``(X_val, None)``).
+            Training samples (inputs and targets).
+        y : None
+            Ignored.
+        eval_set : array-like, tuple or None, default=None
+            Held-out inputs ``X_val`` (or ``(X_val,)``/``(X_val, None)``), evaluated into
+            ``history_``; never trained on.
 
         Returns
         -------
@@ -94,6 +97,13 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
 
     def partial_fit(self, X, y=None):
         """One epoch over ``X``, continuing from the current state.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+        y : None
+            Ignored.
 
         Returns
         -------
@@ -118,12 +128,23 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
         return -float((output - target).square().mean())
 
     @property
+    def _n_features_out(self) -> int:
+        """Code size: ``get_feature_names_out`` names the codes ``kfacautoencoder0``..."""
+        check_is_fitted(self, "model_")
+        return self.encoder_layer_sizes[-1]
+
+    @property
     def _n_encoder_modules(self) -> int:
         # Each encoder layer is a Linear followed by its activation.
         return 2 * len(self.encoder_layer_sizes)
 
     def transform(self, X):
         """The code (output of the last encoder layer, after its activation).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
 
         Returns
         -------
@@ -137,6 +158,7 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, encoder_layer_sizes[-1])
+            Codes, as :meth:`transform` returns them.
 
         Returns
         -------
@@ -157,6 +179,11 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
     def predict(self, X):
         """Reconstruction of ``X``.
 
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+
         Returns
         -------
         X_reconstructed : ndarray of shape (n_samples, n_features)
@@ -165,6 +192,15 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
 
     def score(self, X, y=None, sample_weight=None):
         """Negative mean squared reconstruction error (higher is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+        y : None
+            Ignored.
+        sample_weight : array-like of shape (n_samples,) or None, default=None
+            Weights of the samples' errors.
 
         Returns
         -------

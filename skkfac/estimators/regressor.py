@@ -41,6 +41,16 @@ class KFACRegressor(RegressorMixin, MLPEstimator):
     def fit(self, X, y, eval_set=None):
         """Train on ``(X, y)``; ``eval_set=(X_val, y_val)`` records learning curves.
 
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets.
+        eval_set : tuple (X_val, y_val) or None, default=None
+            Held-out data evaluated on the schedule of ``eval_every``/``eval_interval``
+            (once per epoch by default) into ``history_``; never trained on.
+
         Returns
         -------
         self : KFACRegressor
@@ -50,6 +60,13 @@ class KFACRegressor(RegressorMixin, MLPEstimator):
 
     def partial_fit(self, X, y):
         """One epoch over ``(X, y)``, continuing from the current state.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets.
 
         Returns
         -------
@@ -84,6 +101,11 @@ class KFACRegressor(RegressorMixin, MLPEstimator):
 
     def predict(self, X):
         """Predicted targets.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
 
         Returns
         -------
