@@ -45,7 +45,7 @@ import pandas as pd
 
 from benchmarks.records import CsvLog, check_settings, log
 from benchmarks.solvers import is_first_order, label, registered_solvers
-from benchmarks.train_loss import attach_training_loss, record_training_loss
+from benchmarks.train_loss import TrainingSetLoss
 from benchmarks.tune import best_configs, params_of
 
 RUN_COLUMNS = ["solver", "rank", "trial", "seed_index", "params", "tune_val_loss",
@@ -365,12 +365,13 @@ def run_one(problem, data, run: dict, *, max_time: float, interval: float,
     # Same seed for every solver and configuration at a given seed index: the solvers
     # start from the same weights (paired comparison).
     run_seed = seed + 100_000 + int(run["seed_index"])
+    X_fit, y_fit = data.X_full, data.y_full
+    training_loss = TrainingSetLoss(problem.loss, X_fit, y_fit, limit=train_eval_rows)
     estimator = problem.make_estimator(run["solver"], max_time=max_time,
                                        eval_interval=interval, device=device,
-                                       random_state=run_seed, **run["params"])
-    X_fit, y_fit = data.X_full, data.y_full
+                                       random_state=run_seed, callbacks=[training_loss],
+                                       **run["params"])
     eval_set = data.X_test if data.y_test is None else (data.X_test, data.y_test)
-    recorded = record_training_loss(estimator, X_fit, y_fit, limit=train_eval_rows)
     wall = time.time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -379,7 +380,6 @@ def run_one(problem, data, run: dict, *, max_time: float, interval: float,
             estimator.fit(X_fit, eval_set=eval_set)
         else:
             estimator.fit(X_fit, y_fit, eval_set=eval_set)
-    attach_training_loss(estimator, recorded)
     history = estimator.history_
     final = history.iloc[-1]
     final_train = (float(final["train_set_loss"]) if train_eval_rows is None

@@ -3,18 +3,17 @@
 The estimators' ``history_['train_loss']`` is the mean loss of the mini-batches trained
 on since the previous evaluation (weights changing all along); the optimiser's own
 objective is the loss of the current weights on the whole training set.
-:func:`record_training_loss` makes an estimator evaluate a fixed set of training rows
-(all of them by default) each time it evaluates its ``eval_set``, with the training
-clock paused like for the ``eval_set``, and :func:`attach_training_loss` adds those
-values to ``history_`` as the column ``train_set_loss``.
-
-This hooks the estimators' evaluator factory ``_make_evaluator(eval_set)`` (a private
-method: the estimators have no public hook for a second evaluation set yet).
+:class:`TrainingSetLoss` is a callback (:mod:`skkfac.callbacks`) that evaluates a fixed
+set of training rows (all of them by default) whenever the estimator writes a row of
+``history_``, with the training clock paused like for the ``eval_set``, and stores the
+value in that row: ``history_['train_set_loss']``.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from skkfac.callbacks import Callback
 
 
 def training_rows(n_rows: int, limit: int | None, seed: int = 0) -> np.ndarray:
@@ -24,38 +23,25 @@ def training_rows(n_rows: int, limit: int | None, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.RandomState(seed).choice(n_rows, limit, replace=False))
 
 
-def record_training_loss(estimator, X, y=None, *, limit: int | None = None):
-    """Make ``estimator`` evaluate ``X`` (and ``y``) whenever it evaluates its eval_set.
+class TrainingSetLoss(Callback):
+    """Write ``loss(estimator, X, y)`` into every history row as ``train_set_loss``.
 
-    Returns the list the losses are appended to, one per evaluation, in the order of
-    ``history_``'s rows.
+    Parameters
+    ----------
+    loss : callable
+        ``loss(estimator, X, y) -> float``, e.g. :meth:`benchmarks.problems.Problem.loss`.
+    X, y : array-like
+        The training rows (``y`` None for an autoencoder).
+    limit : int or None, default=None
+        Evaluate a fixed seeded sample of this many rows instead of all of them.
     """
-    rows = training_rows(len(X), limit)
-    X_rows = X[rows]
-    train_set = X_rows if y is None else (X_rows, np.asarray(y)[rows])
-    recorded: list[float] = []
-    make = type(estimator)._make_evaluator
 
-    def make_evaluator(eval_set):
-        held_out = make(estimator, eval_set)
-        training = make(estimator, train_set)
-        if held_out is None:
-            return None
+    def __init__(self, loss, X, y=None, *, limit: int | None = None):
+        rows = training_rows(len(X), limit)
+        self.loss = loss
+        self.X = X[rows]
+        self.y = None if y is None else np.asarray(y)[rows]
 
-        def evaluate():
-            recorded.append(training()[0])
-            return held_out()
-
-        return evaluate
-
-    estimator._make_evaluator = make_evaluator
-    return recorded
-
-
-def attach_training_loss(estimator, recorded: list) -> None:
-    """Add the recorded losses to ``estimator.history_`` as ``train_set_loss``."""
-    history = estimator.history_
-    if len(recorded) != len(history):
-        raise RuntimeError(f"{len(recorded)} training-set evaluations for {len(history)} "
-                           "rows of history_: the estimators' evaluation schedule changed")
-    history["train_set_loss"] = np.asarray(recorded, dtype=float)
+    def on_evaluate(self, event) -> None:
+        """Evaluate the training rows at the current weights; store it in the row."""
+        event.row["train_set_loss"] = float(self.loss(event.estimator, self.X, self.y))

@@ -335,28 +335,30 @@ def test_train_for_updates_is_exact(artificial):
 
 
 def test_training_set_loss_is_recorded_at_every_evaluation():
-    from benchmarks.train_loss import attach_training_loss, record_training_loss, training_rows
+    from benchmarks.train_loss import TrainingSetLoss, training_rows
 
     problem = get_problem("digits")
     data = problem.load()
+    callback = TrainingSetLoss(problem.loss, data.X_full)
     estimator = problem.make_estimator("sgd", max_time=0.3, eval_interval=0.1, device="cpu",
-                                       random_state=0, learning_rate_init=0.05)
-    recorded = record_training_loss(estimator, data.X_full)
+                                       random_state=0, learning_rate_init=0.05,
+                                       callbacks=[callback])
     estimator.fit(data.X_full, eval_set=data.X_test)
-    attach_training_loss(estimator, recorded)
     history = estimator.history_
     assert len(history) >= 3 and history["train_set_loss"].notna().all()
     # The last value is the loss of the final weights on every training row...
     assert history["train_set_loss"].iloc[-1] == pytest.approx(
         problem.loss(estimator, data.X_full), rel=1e-5)
-    # ...and the held-out column is still the eval_set's.
+    # ...the held-out column is still the eval_set's, and the first row is before training.
     assert history["eval_loss"].iloc[-1] == pytest.approx(
         problem.loss(estimator, data.X_test), rel=1e-5)
+    assert history["train_set_loss"].iloc[0] > history["train_set_loss"].iloc[-1]
+    # The evaluations do not count against the time budget.
+    assert estimator.train_time_ < 0.3 + 0.2
     sample = training_rows(1000, 100, seed=0)
     assert len(set(sample)) == 100 and sample.max() < 1000
     assert len(training_rows(50, None)) == 50
-    with pytest.raises(RuntimeError):
-        attach_training_loss(estimator, recorded[:-1])
+    assert len(TrainingSetLoss(problem.loss, data.X_full, limit=100).X) == 100
 
 
 def test_diverged_trials_are_reported_and_marked(tmp_path):
