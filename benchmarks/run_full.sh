@@ -11,8 +11,9 @@
 #   compare (2 best configurations x 3 seeds of 120 s / 60 s / 60 s; 1 x 3 of 240 s for
 #   cifar10), report; the batch-size study on mnist_ae (Figures 2-4) after its search;
 #   GPU=1 adds the GPU check (python -m benchmarks gpu --device cuda).
-# Expected duration on 2 CPU cores: about 7 hours (searches ~4 h, comparisons ~2 h,
-# batch-size study ~0.5 h). Stop it at any time (Ctrl-C): running the script again
+# Expected duration on 2 CPU cores: about 8 hours (searches ~4 h; comparisons ~3 h, of
+# which the held-out and training-set evaluations, outside the training clock, are about
+# half; batch-size study ~0.5 h). Stop it at any time (Ctrl-C): running the script again
 # resumes every stage where it stopped (finished trials, runs and points are kept).
 #
 # FRESH=1 discards a stage's earlier results the first time this script runs that stage
