@@ -93,14 +93,30 @@ def plot_compare(out_dir, problem, runs: pd.DataFrame, histories: pd.DataFrame,
                 ax.set_ylabel(ylabel)
                 if log_scale:
                     ax.set_yscale("log")
+                    _cap_diverging(ax, histories, column)
                 ax.grid(alpha=0.3, which="both")
         axes[0, 0].legend(fontsize=7, loc="best")
         seeds = int(runs.groupby(["solver", "trial"]).size().max())
         fig.suptitle(f"{problem.title}: best configurations per solver, {seeds} seed(s) "
-                     "each (bold: the configuration in the verdict; dashed: the target)",
+                     "each (bold: the configuration in the verdict; dashed: the target; "
+                     "loss axes end at 1.5x the worst starting loss)",
                      fontsize=10)
         written.append(_save(fig, out_dir / name, note))
     return written
+
+
+def _cap_diverging(ax, histories: pd.DataFrame, column: str) -> None:
+    """A diverging run must not squash the others: the y axis (log scale) ends at 1.5x
+    the worst starting value; curves above it leave the plot."""
+    from benchmarks.compare import RUN_KEY
+
+    if column not in histories:
+        return
+    values = histories[column].to_numpy(dtype=float)
+    firsts = histories.sort_values("time").groupby(RUN_KEY)[column].first().to_numpy(float)
+    values, firsts = values[np.isfinite(values) & (values > 0)], firsts[np.isfinite(firsts)]
+    if len(values) and len(firsts):
+        ax.set_ylim(0.8 * values.min(), 1.5 * max(firsts.max(), values.min()))
 
 
 def plot_tune_losses(out_dir, problem, *, note: str = "") -> Path | None:
