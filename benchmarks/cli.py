@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--max-time", type=float, default=10.0,
                      help="training seconds per run (default 10, the study's)")
     gpu.add_argument("--problems", nargs="+", default=None,
+                     choices=sorted(p for p in PROBLEMS if PROBLEMS[p].study),
                      help="problems to run (default: mnist_ae regression cifar10)")
 
     report = sub.add_parser("report", help="gather the results into REPORT.md")

@@ -433,6 +433,14 @@ def test_gpu_check_on_cpu_with_fixture_data(tmp_path):
     assert "network 3072-4-10" in text  # CIFAR-10: ten classes
     kfac_study = planned_runs(get_problem("mnist_ae"))[0][2]
     assert kfac_study["learning_rate_init"] == 0.1809 and kfac_study["adaptive_step"] is False
+    # Through the command line (the study's full regression network, 0.05 s runs).
+    from benchmarks.cli import main
+
+    assert main(["gpu", "--data-home", str(home), "--device", "cpu", "--max-time", "0.05",
+                 "--problems", "regression", "--out", str(tmp_path / "cli")]) == 0
+    text = (tmp_path / "cli" / "gpu" / "gpu_check_cpu.txt").read_text()
+    assert "network 27-500-750-500-250-100-1" in text and "(mnist_ae)" not in text
+    assert "python -m benchmarks gpu" in (tmp_path / "cli" / "commands.txt").read_text()
     # The check imports nothing from scikit-optimize (GPU machines may lack it).
     code = ("import sys, benchmarks.cli, benchmarks.gpu_check; "
             "assert 'skopt' not in sys.modules")
