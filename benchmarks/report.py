@@ -348,8 +348,10 @@ def write_report(out, *, title: str = "skkfac benchmark report") -> Path:
         sections.append(_problem_section(problem, folder, out))
     timing = out / "time_budget" / "time_budget.txt"
     if timing.is_file():
-        sections.append("## Time budget (`max_time`)\n\n```\n" + timing.read_text().strip()
-                        + "\n```")
+        sections.append("## Time budget (`max_time`)\n\nA self-check of the protocol: every "
+                        "comparison above stops training by `max_time`, so the suite checks "
+                        "that `train_time_` ends within 5 % of the budget plus one update."
+                        "\n\n```\n" + timing.read_text().strip() + "\n```")
     nested = [p for p in sorted(out.iterdir())
               if p.is_dir() and (p / "REPORT.md").is_file() and p.name not in PROBLEMS]
     if nested:
