@@ -17,7 +17,12 @@ Twelve runs of 10 s plus loading and evaluation: a few minutes on a GPU (the CIF
 images are decoded once and cached). It writes ``<out>/gpu_check_<device>.txt``: the
 device's name, the torch version, and per run the final test and training loss (and
 accuracy), the number of updates and the seconds per update. Nothing here imports
-scikit-optimize, which GPU machines may lack.
+scikit-optimize, which GPU machines may lack (``skkfac.datasets`` needs ``pooch``).
+
+On a machine without the data: copy the raw files of ``mnist/`` (the four ``.gz`` and
+the ``SHA256SUMS*``), ``uci/`` and ``cifar10/`` (``cifar10-jpeg-q75.tar.gz`` and
+``SHA256SUMS``), about 35 MB without the ``.npz`` caches, into one folder and pass it as
+``--data-home``; the CIFAR-10 images are decoded there once.
 """
 
 from __future__ import annotations
