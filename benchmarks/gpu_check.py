@@ -134,7 +134,10 @@ def run_gpu_check(out_dir, *, data_home=None, device: str = "auto", max_time: fl
         if layers and name in layers:
             problem = replace(problem, layers=tuple(layers[name]))
         data = problem.load(data_home, regression_data=regression_data)
-        lines += [f"== {problem.title} ({name}): {data.summary()}",
+        note = f" NOTE: {data.note}" if data.note else ""
+        lines += [f"== {problem.title} ({name}): {data.dataset}, trained on all "
+                  f"{len(data.X_full)} training rows, tested on {len(data.X_test)}, "
+                  f"{data.X_full.shape[1]} features.{note}",
                   f"   network {problem.network(data)}", header]
         for run_name, solver, params in planned_runs(problem):
             result = _run(problem, data, solver, params, max_time=max_time, device=device)
