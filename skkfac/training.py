@@ -191,8 +191,10 @@ class Trainer:
             return self._reject(solver, progress, batch_loss)
         self._consecutive_rejections = 0
         solver.backup()
-        solver.step()
+        report = solver.step()
         progress.n_updates += 1
+        if report is not None and not bool(report.accepted):  # undone by the solver
+            progress.n_rejected_updates += 1
         return True
 
     def _reject(self, solver, progress, batch_loss) -> bool:
