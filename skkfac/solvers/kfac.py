@@ -270,6 +270,7 @@ class KFAC(Solver, torch.optim.Optimizer):
         for index, param in enumerate(self.params):
             if index in saved:
                 self.state[param] = _on_device(saved[index], self.device)
+        self._published_flag = None
         self._restore_from_state()
 
     def _restore_from_state(self) -> None:
@@ -296,9 +297,10 @@ class KFAC(Solver, torch.optim.Optimizer):
             self.generator.manual_seed(int.from_bytes(digest[:7], "little"))
 
     def __getstate__(self):
-        # torch.Generator does not pickle: carry its state instead.
+        # torch.Generator and CUDA events do not pickle: carry the generator's state.
         state = self.__dict__.copy()
         state["generator"] = self.generator.get_state()
+        state["_published_flag"] = None
         return state
 
     def __setstate__(self, state):
@@ -440,7 +442,31 @@ class KFAC(Solver, torch.optim.Optimizer):
         device by the previous update: the one host read of an update)."""
         if self.blocks[0].inverse is None or (k - 1) % self.hyper["inv_update_freq"] == 0:
             return True
-        return bool(self._shared["refresh"])
+        return self._read_refresh_flag()
+
+    def _read_refresh_flag(self) -> bool:
+        """The device flag set by the previous update. On a GPU it was copied to pinned
+        host memory without blocking when it was set, so reading it waits for the end of
+        the previous update only, not for the work queued since (this update's forward
+        and backward passes keep the device busy meanwhile)."""
+        published = self.__dict__.get("_published_flag")
+        if published is None:
+            return bool(self._shared["refresh"])
+        host, event = published
+        event.synchronize()
+        return bool(host)
+
+    def _publish_refresh_flag(self) -> None:
+        flag = self._shared["refresh"]
+        if flag.device.type != "cuda":
+            return
+        published = self.__dict__.get("_published_flag")
+        host = (published[0] if published is not None
+                else torch.empty((), dtype=torch.bool, pin_memory=True))
+        host.copy_(flag, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._published_flag = (host, event)
 
     def _refresh_inverses(self) -> None:
         shared = self._shared
@@ -578,6 +604,7 @@ class KFAC(Solver, torch.optim.Optimizer):
             state[key] = torch.where(accepted, kept, torch.zeros_like(kept))
         ratio = self.absolute_damping / shared["inverse_damping"]
         shared["refresh"] = ~accepted | (ratio < 0.5) | (ratio > 2.0)
+        self._publish_refresh_flag()
 
     def _layer_state(self, index: int, key: str) -> torch.Tensor:
         """A per-layer tensor of the step's shape, zeros until first set."""
@@ -724,6 +751,7 @@ class KFAC(Solver, torch.optim.Optimizer):
             self.state[layer.weight].pop("momentum_buffer", None)
             self.state[layer.weight].pop("previous_step", None)
         shared["refresh"] = torch.ones((), dtype=torch.bool, device=self.device)
+        self._published_flag = None
 
 
 #: A loss increase below this many machine epsilons is rounding noise, never a reason to
