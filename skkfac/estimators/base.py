@@ -23,8 +23,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skkfac.callbacks import LogProgress, check_callbacks, verbose_logging
 from skkfac.losses import get_loss
 from skkfac.nn import ACTIVATIONS, build_mlp
-from skkfac.solvers import SOLVERS, get_solver
-from skkfac.solvers.spec import estimator_parameters, solver_arguments
+from skkfac.solvers import get_solver
+from skkfac.solvers.spec import RegisteredSolver, estimator_parameters, solver_arguments
 from skkfac.training import Trainer, TrainingConfig, TrainingProgress
 
 #: Rows per forward pass when predicting or evaluating (bounds memory).
@@ -58,7 +58,7 @@ class BaseKFACEstimator(BaseEstimator):
 
     _parameter_constraints: ClassVar[dict] = {
         "activation": [StrOptions(set(ACTIVATIONS))],
-        "solver": [StrOptions(set(SOLVERS))],
+        "solver": [RegisteredSolver()],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "artificial_batch_size": [None, Interval(Integral, 1, None, closed="left")],
