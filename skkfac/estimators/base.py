@@ -257,9 +257,7 @@ class BaseKFACEstimator(BaseEstimator):
         self.train_time_ = progress.train_time
         self.loss_curve_ = list(progress.loss_curve)
         self.loss_ = self.loss_curve_[-1] if self.loss_curve_ else float("nan")
-        # TODO(merge): drop n_rejected_steps once KFAC.step returns a StepReport.
-        self.n_rejected_updates_ = (progress.n_rejected_updates
-                                    + getattr(self.solver_, "n_rejected_steps", 0))
+        self.n_rejected_updates_ = progress.n_rejected_updates
         self.stop_reason_ = progress.stop_reason
         self.history_ = pd.DataFrame(progress.history)
         if self.early_stopping and not incremental:
