@@ -512,7 +512,10 @@ class KFAC(Solver, torch.optim.Optimizer):
         -------
         StepReport or None
             Whether the update was kept, the curvature-batch loss before and after it,
-            ``ρ`` (when the damping was adapted), the damping now and the step's
+            ``ρ`` (whenever the quadratic model was evaluated: every update with
+            ``adaptive_step``, else on the damping-adaptation updates; the damping
+            follows it every ``damping_adapt_interval`` updates), the damping now and the
+            step's
             coefficients; values are 0-d device tensors (``report.fetch()`` reads them).
             ``None`` when nothing was accumulated.
         """
@@ -577,7 +580,7 @@ class KFAC(Solver, torch.optim.Optimizer):
             rho = reduction_ratio(loss_after - loss_before, predicted)
         self._after_step(accepted, steps, adapt, rho)
         return StepReport(accepted=accepted, loss_before=loss_before, loss_after=loss_after,
-                          rho=rho if adapt else None, damping=shared["damping"],
+                          rho=rho, damping=shared["damping"],
                           step_size=step_size, momentum=momentum)
 
     def _apply_checked(self, steps, batch, loss_before):
