@@ -77,6 +77,14 @@ class Solver:
         """Drop what has been accumulated since the last step."""
         self._reset_accumulation()
 
+    def copy_pending_data(self) -> None:
+        """Keep copies, not views, of the training rows held for the next ``step``.
+
+        Called when training pauses in the middle of an update (``partial_fit``): the
+        micro-batches are views into the trainer's shuffled copy of the whole data set,
+        which must not stay alive (nor be pickled) for the sake of a few rows.
+        """
+
     def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from contextlib import contextmanager
 
 import torch
@@ -184,8 +185,17 @@ class KFAC(Solver, torch.optim.Optimizer):
     def __setstate__(self, state):
         device, rng_state = state.pop("generator")
         self.__dict__.update(state)
-        self.generator = torch.Generator(device=device)
-        self.generator.set_state(rng_state)
+        # The tensors may have been mapped to another device on loading (trained on a
+        # GPU, unpickled on a CPU-only machine): the generator follows the parameters.
+        here = self.params[0].device
+        self.generator = torch.Generator(device=here)
+        if torch.device(device).type == here.type:
+            self.generator.set_state(rng_state)
+        else:  # CPU and CUDA generator states are not interchangeable: reseed from it
+            self.generator.manual_seed(zlib.crc32(rng_state.numpy().tobytes()))
+
+    def copy_pending_data(self) -> None:
+        self._curvature_rows = [(X.clone(), y.clone()) for X, y in self._curvature_rows]
 
     @property
     def hyper(self) -> dict:
