@@ -179,6 +179,8 @@ def loads(data: bytes, device: torch.device | str):
 def move(obj, device: torch.device | str):
     """A copy of ``obj`` with every tensor in it on ``device``.
 
+    Parameters' ``.grad`` are not copied (PyTorch does not serialise them).
+
     Examples
     --------
     >>> import torch

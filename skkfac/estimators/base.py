@@ -304,7 +304,7 @@ class BaseKFACEstimator(BaseEstimator):
         """
         wanted = devices.target_device(self.device, self.device_)
         if wanted != self.device_:
-            self.model_, self.solver_ = devices.move((self.model_, self.solver_), wanted)
+            self._unpack(self._pack({"model_": self.model_, "solver_": self.solver_}), wanted)
             self.device_ = wanted
 
     def _follow_device_and_dtype(self, rng) -> None:
@@ -329,7 +329,7 @@ class BaseKFACEstimator(BaseEstimator):
         parameters = self.get_params(deep=False)
         fitted = {name: state.pop(name) for name in list(state) if name not in parameters}
         state["_fitted_device"] = str(fitted["device_"])
-        state["_fitted_state"] = devices.dumps(fitted)
+        state["_fitted_state"] = self._pack(fitted)
         return state
 
     def __setstate__(self, state):
@@ -351,5 +351,20 @@ class BaseKFACEstimator(BaseEstimator):
                           "tensors were loaded on the CPU: call set_params(device='cpu') "
                           "(or another device) before predicting or fitting.",
                           UserWarning, stacklevel=2)
-        self.__dict__.update(devices.loads(packed, target))
+        self._unpack(packed, target)
         self.device_ = target
+
+    def _pack(self, fitted: dict) -> bytes:
+        """Serialise fitted attributes (``torch.save``), tensors on the devices they are on."""
+        # Parameters pickle without their .grad, which holds the gradient of an update
+        # not finished yet (partial_fit with an artificial batch): keep it alongside.
+        gradients = [p.grad for p in self.model_.parameters()]
+        return devices.dumps({**fitted, "_gradients": gradients})
+
+    def _unpack(self, packed: bytes, device: torch.device) -> None:
+        """Set the attributes :meth:`_pack` saved, with every tensor on ``device``."""
+        fitted = devices.loads(packed, device)
+        gradients = fitted.pop("_gradients")
+        self.__dict__.update(fitted)
+        for parameter, gradient in zip(self.model_.parameters(), gradients):
+            parameter.grad = gradient
