@@ -139,11 +139,11 @@ def is_available(device: torch.device) -> bool:
 def worker_index() -> int | None:
     """The number of this worker process among those its parent started, from 0.
 
-    Process pools (joblib's default ``loky`` backend, ``multiprocessing``, Dask's local
-    workers) number the processes they start 1, 2, 3...; ``device='cuda:worker'`` puts
+    Python's process pools (joblib's default ``loky`` backend, ``multiprocessing``)
+    number the processes a parent starts 1, 2, 3...; ``device='cuda:worker'`` puts
     worker ``k`` on GPU ``k mod device_count``, so a search with ``n_jobs`` equal to the
-    number of GPUs (or a multiple of it) uses every GPU equally. Threads share their
-    process's device.
+    number of GPUs (or a multiple of it) uses every GPU equally. A worker that replaces
+    a dead one takes the next number. Threads share their process's device.
 
     Returns
     -------

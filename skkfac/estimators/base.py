@@ -293,7 +293,7 @@ class BaseKFACEstimator(BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.non_deterministic = self.device != "cpu" and torch.cuda.is_available()
+        tags.non_deterministic = str(self.device) != "cpu" and torch.cuda.is_available()
         return tags
 
     # -- devices -------------------------------------------------------------------------
