@@ -262,3 +262,19 @@ def test_pending_artificial_batch_keeps_no_view_of_the_data_set(no_gpu):
     for between in ("pickle", "move"):
         for a, b in zip(reference, chunked(between)):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_checkpoint_in_the_middle_of_an_update_keeps_no_view_of_the_data_set(tmp_path):
+    from skkfac.callbacks import Checkpoint
+
+    X, y = make_regression(n_samples=4000, n_features=50, random_state=0)
+    # 3000 samples per update: the first epoch ends with 1000 rows pending.
+    reg = KFACRegressor(hidden_layer_sizes=(8,), batch_size=50, artificial_batch_size=3000,
+                        max_iter=1, device="cpu", random_state=0,
+                        callbacks=[Checkpoint(tmp_path / "epoch-{epoch}.pkl", at_end=False)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg.fit(X, y / y.std())
+    saved = tmp_path / "epoch-1.pkl"
+    assert saved.stat().st_size < X.astype(np.float32).nbytes / 4
+    assert Checkpoint.load(saved).n_updates_ == 1
