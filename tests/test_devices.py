@@ -57,6 +57,15 @@ def fitted(data, **params):
         return KFACRegressor(**settings).fit(X, y)
 
 
+def tensors_in(obj) -> list:
+    """The tensors in nested lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in tensors_in(item)]
+    return []
+
+
 def weights(estimator):
     return [p.detach().clone() for p in estimator.model_.parameters()]
 
@@ -250,7 +259,7 @@ def test_pending_artificial_batch_keeps_no_view_of_the_data_set(no_gpu):
             # Pending rows copied: a pickle far smaller than the data set (it held the
             # whole shuffled copy once per pending micro-batch before).
             assert len(blob) < X.astype(np.float32).nbytes / 4
-            held = [t for rows in reg.solver_._curvature_rows for t in rows]
+            held = tensors_in(reg.solver_._curvature_rows)
             assert held and all(
                 t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in held)
             reg = pickle.loads(blob)
