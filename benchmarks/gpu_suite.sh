@@ -9,9 +9,10 @@
 # Writes five files to OUT_DIR:
 #   env.txt        machine, versions, GPU; proof that `import skkfac` needs no skopt
 #   tests.txt      pytest: tests/test_cuda.py (devices, CUDA->CPU pickle, host syncs,
-#                  K-FAC vs SGD cost on the autoencoder), tests/test_cuda_exact.py (the
+#                  K-FAC vs SGD cost on the autoencoder, TF32), tests/test_cuda_exact.py (the
 #                  exactness tests on the GPU), tests/test_devices.py, tests/test_kfac_exact.py
-#   syncs.txt      the host-synchronisation counts and K-FAC/SGD costs from tests.txt
+#   syncs.txt      the measurements printed by tests/test_cuda.py: host synchronisations
+#                  per update, K-FAC/SGD cost, factor error with TF32 allowed
 #   step_cost.txt  benchmarks/step_cost.py on the GPU (seconds per update, phases, memory)
 #   status.txt     exit status of each step
 # Each step has its own time limit; a failing step does not stop the others.
@@ -64,7 +65,7 @@ fi
 
 step pytest 270 tests.txt "$python" -m pytest -q -p no:cacheprovider -rs --durations=10 \
     tests/test_cuda.py tests/test_cuda_exact.py tests/test_devices.py tests/test_kfac_exact.py
-grep -E "^\[(sync|cost)\]" "$out/tests.txt" >"$out/syncs.txt"
+grep -E "^\[(sync|cost|precision)\]" "$out/tests.txt" >"$out/syncs.txt"
 
 step step_cost 150 step_cost.txt "$python" -m benchmarks.step_cost --device "$device" \
     --batch-sizes $batches --repeats "$repeats"

@@ -23,7 +23,8 @@ if not torch.cuda.is_available():
 
 from sklearn.datasets import make_regression
 
-from skkfac import KFACAutoencoder, KFACRegressor
+from skkfac import KFAC, KFACAutoencoder, KFACRegressor
+from skkfac.nn import build_mlp
 
 #: Host synchronisations allowed per update (the engine's target) and per epoch
 #: (shuffling, the epoch's loss, the history row), plus a fixed allowance per fit
@@ -172,3 +173,28 @@ def test_kfac_and_sgd_seconds_per_update_on_the_autoencoder(capsys):
             print(f"\n[cost] autoencoder on {torch.cuda.get_device_name()}, batch "
                   f"{batch_size}: SGD {1e3 * sgd:.2f} ms/update, K-FAC {1e3 * kfac:.2f} "
                   f"ms/update, ratio {kfac / sgd:.2f}")
+
+
+def test_curvature_ignores_a_global_tf32_setting(capsys):
+    """With TF32 on, the first layer's factor is still X̄ᵀX̄ to float32 accuracy."""
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    X = torch.randn(4096, 256, device="cuda", generator=generator)
+    y = torch.randn(4096, 10, device="cuda", generator=generator)
+    opt = KFAC(build_mlp(256, (256,), 10, device="cuda"), "squared_error",
+               curvature_batch_size=None, random_state=0)
+    X1 = torch.cat([X, torch.ones(len(X), 1, device="cuda")], 1)
+    expected = X1.double().T @ X1.double()
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        opt.accumulate(X, y)
+        tf32 = X1.T @ X1  # what a plain float32 product gives under this setting
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    scale = expected.abs().max()
+    error = float((opt.blocks[0].A_sum.double() - expected).abs().max() / scale)
+    tf32_error = float((tf32.double() - expected).abs().max() / scale)
+    with capsys.disabled():
+        print(f"\n[precision] factor A relative error with TF32 allowed: K-FAC {error:.2e}, "
+              f"a plain float32 product {tf32_error:.2e}")
+    assert error < 1e-5
