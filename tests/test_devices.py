@@ -228,22 +228,6 @@ def test_warm_start_on_another_device_moves_model_and_solver(data, no_gpu):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_warm_start_with_another_dtype_converts_weights_and_restarts_solver(data):
-    X, y = data
-    reg = fitted(data, warm_start=True, max_iter=5)
-    solver = reg.solver_
-    reg.set_params(dtype="float64")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        reg.fit(X, y)
-    assert all(p.dtype == torch.float64 for p in reg.model_.parameters())
-    assert reg.solver_ is not solver and reg.solver_.params[0].dtype == torch.float64
-    # The weights were converted, not re-initialised: training resumed where it stopped.
-    first, before, after = reg.loss_curve_[0], reg.loss_curve_[4], reg.loss_curve_[5]
-    assert after < 0.5 * first and after < 1.5 * before
-    assert reg.predict(X).dtype == np.float64
-
-
 def test_pending_artificial_batch_keeps_no_view_of_the_data_set(no_gpu):
     X, y = make_regression(n_samples=4000, n_features=50, random_state=0)
     y = y / y.std()

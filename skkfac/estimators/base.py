@@ -167,8 +167,8 @@ class BaseKFACEstimator(BaseEstimator):
             self._learn_target_encoding(y, classes)
         y_encoded = self._encode_targets(y)
         rng = check_random_state(self.random_state)
-        if not first_fit:  # set_params may have changed them since the last fit
-            self._follow_device_and_dtype(rng)
+        if not first_fit:  # set_params may have changed it since the last fit
+            self._follow_device()
         if first_fit:
             self._initialize(X.shape[1], self._n_outputs(y_encoded), rng)
         elif self.solver_.name != self.solver:
@@ -290,26 +290,14 @@ class BaseKFACEstimator(BaseEstimator):
     def _follow_device(self) -> None:
         """Move the fitted network and solver to the device ``device`` names now.
 
-        Lets ``set_params(device=...)`` take effect at the next ``predict`` or fit.
+        Lets ``set_params(device=...)`` take effect at the next ``predict`` or fit: the
+        solver's whole state moves too, so ``warm_start``/``partial_fit`` continue
+        exactly where they stopped.
         """
         wanted = devices.target_device(self.device, self.device_)
         if wanted != self.device_:
             self._unpack(self._pack({"model_": self.model_, "solver_": self.solver_}), wanted)
             self.device_ = wanted
-
-    def _follow_device_and_dtype(self, rng) -> None:
-        """Before training on (``warm_start``, ``partial_fit``): apply a changed device/dtype.
-
-        A new device moves the network and the solver's whole state; a new dtype converts
-        the weights and restarts the solver (its statistics and momentum are dropped).
-        """
-        self._follow_device()
-        dtype = DTYPES[self.dtype]
-        if next(self.model_.parameters()).dtype != dtype:
-            self.solver_.discard()  # accumulated gradients of an unfinished update
-            self._progress.pending_loss = 0.0
-            self.model_.to(dtype=dtype)
-            self.solver_ = self._make_solver(rng)
 
     def __getstate__(self):
         """Pickle the fitted state through ``torch.save`` so it can load on any machine."""

@@ -98,8 +98,7 @@ OWN_PARAMETERS = {
         "the user guide's GPUs page."),
     "dtype": (
         "{'float32', 'float64'}, default='float32'",
-        "Floating-point type of the network and of the computations. Changing it "
-        "under warm_start converts the weights and restarts the solver."),
+        "Floating-point type of the network and of the computations."),
 }
 
 FITTED_ATTRIBUTES = """\
