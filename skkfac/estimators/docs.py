@@ -91,8 +91,11 @@ OWN_PARAMETERS = {
         "bool, default=False",
         "Continue from the previous fit's weights and solver state."),
     "device": (
-        "str, default='auto'",
-        "'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ..."),
+        "str or torch.device, default='auto'",
+        "'auto' (the current CUDA device when available, else the CPU), 'cpu', 'cuda', "
+        "'cuda:1'..., or 'cuda:worker' (one GPU per worker process of a parallel search). "
+        "Changing it after fit moves the fitted model at the next predict or fit; see "
+        "the user guide's GPUs page."),
     "dtype": (
         "{'float32', 'float64'}, default='float32'",
         "Floating-point type of the network and of the computations."),

@@ -36,7 +36,7 @@ from skkfac.curvature.control import (
 )
 from skkfac.curvature.precision import factor_dtype, full_precision
 from skkfac.nn import forward_in, linear_jvp, supports_fast_jvp
-from skkfac.solvers.base import Solver
+from skkfac.solvers.base import Solver, clone_tensors
 from skkfac.solvers.phase_timer import PhaseTimer
 from skkfac.solvers.spec import Hyperparameter, StepReport, register_solver
 
@@ -368,6 +368,9 @@ class KFAC(Solver, torch.optim.Optimizer):
         self.device = self.params[0].device
         self.timer.device = self.device
         self._set_generator_state(rng_state)
+
+    def copy_pending_data(self) -> None:
+        self._curvature_rows = clone_tensors(self._curvature_rows)
 
     # -- data-parallel seams -------------------------------------------------------------
     def _all_reduce(self, tensors: list[torch.Tensor]) -> None:
