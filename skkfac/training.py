@@ -237,9 +237,7 @@ class Trainer:
             return self._reject(solver, progress, batch_loss)
         solver.backup()
         report = solver.step()
-        # TODO(merge): KFAC.step returns None (and counts its own rejections) until the
-        # K-FAC engine's StepReport lands; None is then an accepted update.
-        self._report = StepReport() if report is None else report
+        self._report = report
         progress.n_updates += 1
         return True
 
@@ -338,6 +336,7 @@ class Trainer:
                 solver.restore()
         if keep_accumulated and progress.stop_reason != "diverged":
             progress.pending_loss = float(self._pending_loss)
+            solver.copy_pending_data()
         else:
             solver.discard()
             progress.pending_loss = 0.0

@@ -1,4 +1,10 @@
-"""K-FAC against exact computations on small cases (explicit expectations and Kroneckers)."""
+"""K-FAC against exact computations on small cases (explicit expectations and Kroneckers).
+
+The tests run on the CPU; tests/test_cuda.py runs them again on a GPU by overriding the
+``exact_device`` fixture. Tensors are created on the default device (set by the autouse
+fixture), and random data and networks are drawn on the CPU and then moved, so that
+both runs see the same numbers.
+"""
 
 import copy
 
@@ -13,25 +19,39 @@ from skkfac.losses import CrossEntropy, SquaredError
 from skkfac.nn import build_mlp
 
 
+@pytest.fixture
+def exact_device():
+    """The device the tests run on."""
+    return torch.device("cpu")
+
+
 @pytest.fixture(autouse=True)
-def float64_by_default():
+def float64_by_default(exact_device):
     """Exact comparisons in double precision, without leaking into other test modules."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    yield
+    with exact_device:
+        yield
     torch.set_default_dtype(previous)
+
+
+def randn(*shape, seed):
+    """Normal draws made on the CPU (the same on every device), on the default device."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator, device="cpu").to(torch.get_default_device())
 
 
 def small_net(n_in=3, hidden=(4,), n_out=2, seed=0):
     return build_mlp(n_in, hidden, n_out, "tanh", generator=torch.Generator().manual_seed(seed),
-                     dtype=torch.float64)
+                     dtype=torch.float64, device=torch.get_default_device())
 
 
 def data(n=7, n_in=3, n_out=2, classes=False, seed=1):
     g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, n_in, generator=g)
-    y = torch.randint(n_out, (n,), generator=g) if classes else torch.randn(n, n_out, generator=g)
-    return X, y
+    X = torch.randn(n, n_in, generator=g, device="cpu")
+    y = (torch.randint(n_out, (n,), generator=g, device="cpu") if classes
+         else torch.randn(n, n_out, generator=g, device="cpu"))
+    return X.to(torch.get_default_device()), y.to(torch.get_default_device())
 
 
 def per_example_preactivation_grads(model, loss, X, targets):
@@ -78,7 +98,9 @@ def test_factors_equal_explicit_expectations_empirical_and_sampled(loss_name):
         with torch.no_grad():
             output = model(X)
         if fisher == "sampled":
-            targets = loss.sample_targets(output, torch.Generator().manual_seed(3))
+            # KFAC draws from a generator on the model's device seeded with random_state.
+            generator = torch.Generator(torch.get_default_device()).manual_seed(3)
+            targets = loss.sample_targets(output, generator)
         else:
             targets = y
         opt.accumulate(X, y)
@@ -147,7 +169,7 @@ def test_update_equals_explicit_kronecker_inverse(scheme):
 
 def test_linear_layer_kfac_block_equals_true_fisher():
     X, y = data(n=6, n_in=3, n_out=2)
-    model = build_mlp(3, (), 2, dtype=torch.float64)
+    model = build_mlp(3, (), 2, dtype=torch.float64, device=torch.get_default_device())
     opt = plain(model, "squared_error", fisher="exact")
     opt.accumulate(X, y)
     A = opt.blocks[0].A_sum / len(X)
@@ -170,20 +192,21 @@ def test_one_undamped_full_batch_step_solves_least_squares(n_outputs):
     reg = KFACRegressor(hidden_layer_sizes=(), solver="kfac", learning_rate_init=1.0,
                         damping=1e-12, damping_scheme="eigen", adapt_damping=False,
                         kl_clip=None, fisher="exact", batch_size=40, max_iter=1,
-                        dtype="float64", random_state=0, device="cpu")
+                        dtype="float64", random_state=0,
+                        device=str(torch.get_default_device()))
     with pytest.warns(Warning):  # ConvergenceWarning: max_iter reached
         reg.fit(X, y)
     X1 = np.hstack([X, np.ones((40, 1))])
     solution, *_ = np.linalg.lstsq(X1, y.reshape(40, -1), rcond=None)
     layer = reg.model_[0]
-    np.testing.assert_allclose(layer.weight.detach().numpy(), solution[:-1].T, atol=1e-8)
-    np.testing.assert_allclose(layer.bias.detach().numpy(), solution[-1], atol=1e-8)
+    np.testing.assert_allclose(layer.weight.detach().cpu().numpy(), solution[:-1].T, atol=1e-8)
+    np.testing.assert_allclose(layer.bias.detach().cpu().numpy(), solution[-1], atol=1e-8)
 
 
 @pytest.mark.parametrize("fisher", ["exact", "empirical", "sampled"])
 def test_artificial_batch_equals_concatenated_batch(fisher):
     X, y = data(n=9)
-    noise = torch.randn(9, 2, generator=torch.Generator().manual_seed(5))
+    noise = randn(9, 2, seed=5)
 
     def run(splits):
         model = small_net()
@@ -236,11 +259,13 @@ def test_running_average_of_factors_follows_the_schedule():
 
 def test_inverses_are_refreshed_every_inv_update_freq_updates():
     X, y = data(n=8)
-    opt = plain(small_net(), "squared_error", inv_update_freq=3, lr=0.05)
+    # The exact Fisher: no sampling, so no update is rejected by chance (a rejection
+    # refreshes the inverses too, and with sampled targets it depended on the global RNG).
+    opt = plain(small_net(), "squared_error", inv_update_freq=3, lr=0.05, fisher="exact")
     refreshed = []
     original = opt._refresh_inverses
-    opt._refresh_inverses = lambda damping: (refreshed.append(opt.hyper["step"]),
-                                             original(damping))
+    opt._refresh_inverses = lambda: (refreshed.append(opt.state[opt.params[0]]["step"]),
+                                     original())
     for _ in range(7):
         opt.accumulate(X, y)
         opt.step()
@@ -254,14 +279,13 @@ def test_rejected_update_restores_weights_and_raises_damping():
     opt.accumulate(X, y)
     opt.backup()
     saved = [p.detach().clone() for p in model.parameters()]
-    opt.step()
-    assert opt.n_rejected_steps == 0  # a modest step passes the same-batch check
+    assert opt.step().fetch()["accepted"]  # a modest step passes the same-batch check
     assert not all(torch.equal(a, b) for a, b in zip(saved, model.parameters()))
     assert opt.is_rejected(float("nan")) and not opt.is_rejected(1.5)
     opt.restore()
     for a, b in zip(saved, model.parameters()):
         torch.testing.assert_close(a, b.detach())
-    assert opt.hyper["damping"] == pytest.approx(0.1)
+    assert float(opt.damping) == pytest.approx(0.1)
     assert all("momentum_buffer" not in opt.state[layer.weight] for layer in opt.layers)
 
 
@@ -292,11 +316,12 @@ def test_state_dict_round_trip_and_pickle():
     opt.accumulate(X, y)
     opt.step()
     state = opt.state_dict()
-    assert state["param_groups"][0]["step"] == 1
+    assert state["state"][0]["step"] == 1
+    assert "step" not in state["param_groups"][0]
     clone = pickle.loads(pickle.dumps(opt))
     clone.accumulate(X, y)
     clone.step()
-    assert clone.hyper["step"] == 2
+    assert clone.state[clone.params[0]]["step"] == 2
 
 
 def test_adaptive_step_minimises_the_exact_quadratic_model():
@@ -306,20 +331,21 @@ def test_adaptive_step_minimises_the_exact_quadratic_model():
     damping = 0.01
     opt = plain(model, "squared_error", damping=damping, adaptive_step=True, random_state=0)
     captured = {}
-    original = opt._rescaled_steps
+    original = opt._take_step
 
-    def spy(directions, gradients, damping_used):
+    def spy(k, decay, directions, gradients):
         captured.update(directions=[d.clone() for d in directions],
                         gradients=[g.clone() for g in gradients],
-                        previous=[opt.state[layer.weight].get("previous_step")
-                                  for layer in opt.layers],
-                        params=[p.detach().clone() for p in model.parameters()])
-        return original(directions, gradients, damping_used)
+                        previous=[opt._layer_state(i, "previous_step").clone()
+                                  for i in range(len(opt.layers))],
+                        params=[p.detach().clone() for p in model.parameters()],
+                        damping=opt.damping * opt.state[opt.params[0]]["curvature_scale"])
+        return original(k, decay, directions, gradients)
 
-    opt._rescaled_steps = spy
+    opt._take_step = spy
     for _ in range(2):
         opt.accumulate(X, y)
-        opt.step()
+        report = opt.step()
 
     def flat(per_layer):  # [W | b] blocks → the order of model.parameters()
         return torch.cat([torch.cat([m[:, :-1].reshape(-1), m[:, -1]]) for m in per_layer])
@@ -344,44 +370,46 @@ def test_adaptive_step_minimises_the_exact_quadratic_model():
     d = J.shape[1]
     F = torch.einsum("ndp,ndq->pq", J, J) * (2 / d) / len(X)
     C = torch.stack([flat(captured["directions"]), flat(captured["previous"])], 1)
-    absolute = damping * opt.hyper["curvature_scale"]
-    M = C.T @ (F + absolute * torch.eye(len(F))) @ C
+    M = C.T @ (F + captured["damping"] * torch.eye(len(F))) @ C
     b = C.T @ flat(captured["gradients"])
     expected = torch.linalg.solve(M, -b)
-    torch.testing.assert_close(opt.last_coefficients, expected)
+    torch.testing.assert_close(torch.stack([report.step_size, report.momentum]), expected)
 
 
 def test_adaptive_step_is_newton_on_least_squares():
     """One linear layer, exact Fisher: the K-FAC direction is Newton's, and α = 1."""
     X, y = data(n=20, n_in=3, n_out=2)
-    model = build_mlp(3, (), 2, dtype=torch.float64)
+    model = build_mlp(3, (), 2, dtype=torch.float64, device=torch.get_default_device())
     opt = plain(model, "squared_error", fisher="exact", damping=1e-12, adaptive_step=True,
                 damping_scheme="eigen")
     opt.accumulate(X, y)
-    opt.step()
-    assert opt.last_coefficients.tolist() == pytest.approx([1.0], rel=1e-6)
+    assert opt.step().fetch()["step_size"] == pytest.approx(1.0, rel=1e-6)
     X1 = torch.cat([X, torch.ones(20, 1)], 1)
     solution = torch.linalg.lstsq(X1, y).solution
     torch.testing.assert_close(model[0].weight.detach(), solution[:-1].T)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "logistic", "identity"])
-def test_fast_sequential_jvp_matches_torch_func(activation):
-    from skkfac.nn import sequential_jvp
+def test_fast_jvp_from_recorded_inputs_matches_torch_func(activation):
+    from torch.func import functional_call, jvp
+
+    from skkfac.nn import linear_jvp
 
     model = build_mlp(3, (5, 4), 2, activation, dtype=torch.float64,
-                      generator=torch.Generator().manual_seed(0))
+                      generator=torch.Generator().manual_seed(0),
+                      device=torch.get_default_device())
     X, _ = data(n=6)
-    opt = plain(model, "squared_error")
-    g = torch.Generator().manual_seed(1)
-    tangents = [[torch.randn(layer.out_features, layer.in_features + 1, generator=g)
-                 for layer in opt.layers] for _ in range(2)]
-    output, fast = sequential_jvp(model, X, tangents)
-    opt._fast_jvp = False
-    reference_output, reference = opt._jacobian_products(X, tangents)
-    torch.testing.assert_close(output, reference_output)
-    for a, b in zip(fast, reference):
-        torch.testing.assert_close(a, b)
+    inputs = [m_input[:, :-1] for m_input in layer_inputs(model, X)]
+    layers = [m for m in model if isinstance(m, nn.Linear)]
+    tangents = [[randn(layer.out_features, layer.in_features + 1, seed=1 + 10 * k + i)
+                 for i, layer in enumerate(layers)] for k in range(2)]
+    fast = linear_jvp(model, inputs, model(X).detach(), tangents)
+    names = [name for name, _ in model.named_parameters()]
+    for tangent, product in zip(tangents, fast):
+        flat = [part for t in tangent for part in (t[:, :-1], t[:, -1])]
+        _, reference = jvp(lambda *p: functional_call(model, dict(zip(names, p)), (X,)),
+                           tuple(model.parameters()), tuple(flat))
+        torch.testing.assert_close(product, reference)
 
 
 def test_step_that_increases_the_loss_on_its_own_batch_is_undone():
@@ -390,12 +418,11 @@ def test_step_that_increases_the_loss_on_its_own_batch_is_undone():
     opt = plain(model, "squared_error", lr=1e4, damping=1e-6)  # a wild step
     opt.accumulate(X, y)
     saved = [p.detach().clone() for p in model.parameters()]
-    opt.step()
-    assert opt.n_rejected_steps == 1
+    report = opt.step().fetch()
+    assert not report["accepted"] and report["loss_after"] > 2 * report["loss_before"]
     for a, b in zip(saved, model.parameters()):
-        torch.testing.assert_close(a, b.detach())
-    assert opt.hyper["damping"] == pytest.approx(1e-4)  # max(10 λ, 1e-4)
+        assert torch.equal(a, b.detach())
+    assert float(opt.damping) == pytest.approx(1e-4)  # max(10 λ, 1e-4)
     sane = plain(small_net(), "squared_error", adaptive_step=True)
     sane.accumulate(X, y)
-    sane.step()
-    assert sane.n_rejected_steps == 0
+    assert sane.step().fetch()["accepted"]
