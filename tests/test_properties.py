@@ -16,6 +16,7 @@ The example budget is fixed and the data tiny so that the file runs in CI time;
 
 from __future__ import annotations
 
+import itertools
 import traceback
 import warnings
 from pathlib import Path
@@ -298,7 +299,7 @@ def kfac_problems(draw):
     activation = draw(st.sampled_from([nn.Tanh, nn.ReLU, nn.Identity]))
     widths = [n_in, *hidden, n_out]
     modules = []
-    for i, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
         modules.append(nn.Linear(fan_in, fan_out))
         if i < len(widths) - 2:
             modules.append(activation())

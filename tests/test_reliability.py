@@ -95,7 +95,7 @@ def test_partial_fit_with_another_number_of_outputs_raises(regression_data):
     X, y = regression_data
     reg = KFACRegressor(hidden_layer_sizes=(8,), **FAST).partial_fit(X, y)
     updates = reg.n_updates_
-    with pytest.raises(ValueError, match="1 output.*3"):
+    with pytest.raises(ValueError, match=r"1 output.*3"):
         reg.partial_fit(X, np.c_[y, -y, 2 * y])
     assert reg.n_updates_ == updates
     reg.partial_fit(X, y[:, None])  # one column is still one output
@@ -106,7 +106,7 @@ def test_warm_start_with_another_number_of_outputs_raises(regression_data):
     X, y = regression_data
     reg = quiet_fit(KFACRegressor(hidden_layer_sizes=(8,), warm_start=True, **FAST),
                     X, np.c_[y, -y])
-    with pytest.raises(ValueError, match="2 outputs.*3"):
+    with pytest.raises(ValueError, match=r"2 outputs.*3"):
         reg.fit(X, np.c_[y, -y, 2 * y])
     assert reg.n_outputs_ == 2 and reg.predict(X).shape == (300, 2)
 
