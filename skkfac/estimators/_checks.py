@@ -43,10 +43,17 @@ def check_n_outputs(n_outputs: int, y_encoded: np.ndarray, what: str = "y") -> N
 
 
 def check_representable(array: np.ndarray, dtype, what: str) -> None:
-    """Values must stay finite once cast to the network's dtype."""
-    limit = np.finfo(dtype).max
-    if array.size and np.abs(array).max() > limit:
+    """Values whose squares, summed over many samples, stay finite in ``dtype``.
+
+    The loss and K-FAC's statistics sum squares and products of inputs and targets; a
+    margin of a million samples keeps those sums finite.
+    """
+    limit = float(np.sqrt(np.finfo(dtype).max)) / 1e3
+    largest = float(np.abs(array).max()) if array.size else 0.0
+    if largest > limit:
+        advice = ("Scale the targets (e.g. TransformedTargetRegressor with a "
+                  "StandardScaler)" if what == "y" else f"Scale {what} (e.g. StandardScaler)")
         raise ValueError(
-            f"{what} has values up to {np.abs(array).max():.3g}, beyond the range of "
-            f"{np.dtype(dtype).name} ({limit:.3g}). Scale {what} (e.g. with "
-            "StandardScaler), or use dtype='float64'.")
+            f"{what} has values up to {largest:.3g}: their squares, which the loss and "
+            f"K-FAC's statistics sum, overflow {np.dtype(dtype).name} beyond about "
+            f"{limit:.2g}. {advice}, or use dtype='float64'.")

@@ -9,6 +9,7 @@ from sklearn.base import TransformerMixin
 from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
+from skkfac.estimators._checks import as_layer_sizes
 from skkfac.estimators.base import BaseKFACEstimator, store_parameters
 from skkfac.estimators.docs import COMMON_PARAMETERS, FITTED_ATTRIBUTES
 
@@ -46,6 +47,7 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
 
     _loss_name = "squared_error"
     _supervised = False
+    _network_parameters = ("encoder_layer_sizes", "activation", "dtype")
 
     def __init__(self, encoder_layer_sizes=(1000, 500, 250, 30), activation="tanh", *,
                  solver="kfac", alpha=0.0, batch_size="auto", artificial_batch_size=None,
@@ -54,18 +56,23 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
                  adaptive_step=True, kl_clip=None,
                  stat_decay="linear", momentum_rate=1.0, momentum_max=0.6,
                  inv_update_freq=10, fisher="sampled", curvature_batch_size=256,
-                 max_iter=200, max_time=None, tol=1e-4, n_iter_no_change=10,
-                 early_stopping=False, validation_fraction=0.1, shuffle=True,
-                 eval_every=None, eval_interval=None, random_state=None, verbose=False,
-                 warm_start=False, device="auto", dtype="float32"):
+                 max_iter=200, max_time=None, max_wall_time=None, tol=1e-4,
+                 n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
+                 shuffle=True, eval_every=None, eval_interval=None, random_state=None,
+                 verbose=False, warm_start=False, device="auto", dtype="float32",
+                 n_threads=None):
         store_parameters(self, locals())
 
     def _layer_sizes(self):
-        encoder = tuple(self.encoder_layer_sizes)
+        encoder = self._encoder_sizes
         return encoder + encoder[-2::-1]
 
+    @property
+    def _encoder_sizes(self) -> tuple:
+        return as_layer_sizes(self.encoder_layer_sizes)
+
     def _validate_layer_sizes(self):
-        encoder = tuple(self.encoder_layer_sizes)
+        encoder = self._encoder_sizes
         if not encoder or any(not isinstance(s, Integral) or s < 1 for s in encoder):
             raise ValueError("encoder_layer_sizes must be a non-empty tuple of positive "
                              f"integers, got {self.encoder_layer_sizes!r}.")
@@ -115,7 +122,7 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
     @property
     def _n_encoder_modules(self) -> int:
         # Each encoder layer is a Linear followed by its activation.
-        return 2 * len(self.encoder_layer_sizes)
+        return 2 * len(self._built_with["encoder_layer_sizes"])
 
     def transform(self, X):
         """The code (output of the last encoder layer, after its activation).
@@ -144,9 +151,10 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
 
     def _check_codes(self, X):
         codes = check_array(X, dtype=(np.float64, np.float32))
-        if codes.shape[1] != self.encoder_layer_sizes[-1]:
+        code_size = self._built_with["encoder_layer_sizes"][-1]
+        if codes.shape[1] != code_size:
             raise ValueError(f"X has {codes.shape[1]} features, but the code size of this "
-                             f"autoencoder is {self.encoder_layer_sizes[-1]}.")
+                             f"autoencoder is {code_size}.")
         return codes
 
     def predict(self, X):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch._dynamo  # noqa: F401  (see below)
+import torch._dynamo  # for its side effect, see below
 from torch import nn
 
 from skkfac.losses import get_loss
