@@ -3,9 +3,15 @@
 Responsibilities: shuffling with the estimator's random state, mini-batches held as
 tensor slices on the device, artificial batches (several micro-batches per update),
 the epoch / wall-clock budgets, the evaluation schedule for learning curves, sklearn's
-convergence and early-stopping rules, and divergence: an update after which the loss
-is not finite is undone, and a loss that blows up stops training with the best weights
-seen (see :mod:`skkfac.divergence`).
+convergence and early-stopping rules, and rejections: the trainer alone counts and
+records them, from the solvers' :class:`~skkfac.solvers.spec.StepReport` and from a
+non-finite loss after an update (which it undoes, so that NaN weights are never left
+behind); a loss that blows up stops training with the best weights seen (see
+:mod:`skkfac.divergence`).
+
+Host reads are kept to one per update on a GPU: the batch's loss is read together with
+the previous step's report (:meth:`StepReport.fetch`); a report is otherwise only read
+when a history row is written.
 
 Training time is measured with the clock paused while evaluating, as in the study;
 ``deadline`` bounds the wall-clock time of the whole call, evaluations included.
@@ -22,11 +28,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from skkfac.callbacks import FitEvent
 from skkfac.divergence import BLOW_UP_FACTOR, DivergenceMonitor
 from skkfac.solvers.base import Solver
+from skkfac.solvers.spec import StepReport
 
 #: Consecutive rejected updates after which training gives up.
 MAX_CONSECUTIVE_REJECTIONS = 8
+#: Step-report fields recorded in every history row (NaN when a solver omits them).
+REPORT_COLUMNS = ("damping", "rho", "step_size", "momentum")
 
 
 class TrainingClock:
@@ -65,7 +75,6 @@ class TrainingConfig:
     eval_every: int | None = None
     eval_interval: float | None = None
     shuffle: bool = True
-    verbose: bool = False
     #: ``time.perf_counter()`` value past which the call stops (``max_wall_time``).
     deadline: float | None = None
     #: Loss of the best constant prediction of the targets (scale for blow-ups).
@@ -110,13 +119,31 @@ class Trainer:
         evaluation schedule with the training clock paused.
     validate : callable, optional
         ``validate() -> score`` on the early-stopping split, once per epoch.
+    callbacks : list, optional
+        Objects with some of the methods of :class:`skkfac.callbacks.Callback`, called
+        with a :class:`skkfac.callbacks.FitEvent`, with the training clock paused.
+    estimator : object, optional
+        The estimator being trained, passed on to the callbacks.
     """
 
     def __init__(self, config: TrainingConfig, *, evaluate: Callable | None = None,
-                 validate: Callable | None = None):
+                 validate: Callable | None = None, callbacks=(), estimator=None):
         self.config = config
         self.evaluate = evaluate
         self.validate = validate
+        self.callbacks = list(callbacks)
+        self.estimator = estimator
+
+    def _notify(self, hook: str, **fields) -> None:
+        """Call ``hook`` on every callback that has it."""
+        if not self.callbacks:
+            return
+        event = FitEvent(self.estimator, self._progress, self.config, **self._event_fields,
+                         **fields)
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(event)
 
     def run(self, solver: Solver, X: torch.Tensor, y: torch.Tensor,
             progress: TrainingProgress, *, rng: np.random.RandomState,
@@ -128,6 +155,10 @@ class Trainer:
         an artificial batch that is not complete yet for the next call.
         """
         config = self.config
+        epochs = config.max_epochs if max_epochs is None else max_epochs
+        self._progress = progress
+        self._event_fields = dict(max_epochs=epochs, n_samples=X.shape[0],
+                                  incremental=incremental)
         clock = TrainingClock(X.device, progress.train_time)
         self._window_loss, self._window_count = 0.0, 0
         self._best_weights = None
@@ -135,25 +166,31 @@ class Trainer:
                                         device=X.device)
         self._consecutive_rejections = 0
         self._updates_at_start = progress.n_updates
-        self._monitor = None
+        self._monitor: DivergenceMonitor | None = None
         self._last_batch = None
+        self._report: StepReport | None = None  # the last step's report, not read yet
+        self._report_values = dict.fromkeys(REPORT_COLUMNS, math.nan)
         self._last_eval = (progress.n_updates, progress.train_time)
+        if not incremental:
+            # Nothing may be pending at the start of a fit (a checkpoint written in the
+            # middle of an artificial batch holds no gradients).
+            solver.discard()
+            self._pending_loss.zero_()
+        progress.stop_reason = ""
+        self._notify("on_fit_begin")
         if not progress.history:
             self._record(solver, progress)
-        progress.stop_reason = ""
-        epochs = config.max_epochs if max_epochs is None else max_epochs
         for _ in range(epochs):
             epoch_loss = self._run_epoch(solver, X, y, progress, clock, rng)
             if epoch_loss is None:  # stopped within the epoch
                 break
             progress.n_epochs += 1
             progress.loss_curve.append(epoch_loss)
-            if config.verbose:
-                print(f"Epoch {progress.n_epochs}, loss = {epoch_loss:.8f}, "
-                      f"updates = {progress.n_updates}, time = {clock.elapsed:.2f}s")
             if config.eval_every is None and config.eval_interval is None:
                 self._record(solver, progress)
-            if not incremental and self._converged(solver, progress, epoch_loss):
+            converged = not incremental and self._converged(solver, progress, epoch_loss)
+            self._notify("on_epoch_end", loss=epoch_loss)
+            if converged:
                 progress.stop_reason = "converged"
                 break
             if self._past_deadline():
@@ -162,6 +199,7 @@ class Trainer:
         else:
             progress.stop_reason = "max_iter"
         self._finish(solver, progress, keep_accumulated=incremental)
+        self._notify("on_fit_end")
         return progress
 
     # -- one epoch -----------------------------------------------------------------------
@@ -172,6 +210,7 @@ class Trainer:
             order = torch.from_numpy(rng.permutation(n)).to(X.device)
             X, y = X[order], y[order]
         epoch_loss, epoch_count = 0.0, 0
+        updated = False
         # Summed loss of the micro-batches of the update in progress (which may have
         # started in the previous epoch); kept on the device until the update.
         pending_loss = self._pending_loss
@@ -182,8 +221,8 @@ class Trainer:
                 pending_loss += solver.accumulate(X_batch, y_batch)
                 progress.samples_seen += X_batch.shape[0]
                 if solver.n_accumulated >= config.update_size:
-                    batch_loss = float(pending_loss) / solver.n_accumulated
                     count = solver.n_accumulated
+                    batch_loss = self._read_loss(pending_loss / count, progress)
                     pending_loss.zero_()
                     if not self._update(solver, progress, batch_loss):
                         progress.train_time = clock.elapsed
@@ -193,7 +232,11 @@ class Trainer:
                     epoch_count += count
                     self._window_loss += batch_loss * count
                     self._window_count += count
+                    updated = True
             progress.train_time = clock.elapsed
+            if updated:
+                updated = False
+                self._notify("on_update", loss=batch_loss, report=self._report)
             if config.max_time is not None and clock.elapsed >= config.max_time:
                 progress.stop_reason = "max_time"
                 return None
@@ -206,21 +249,49 @@ class Trainer:
 
     def _update(self, solver: Solver, progress: TrainingProgress, batch_loss: float) -> bool:
         """Check the loss at the current weights, then step. False means stop training."""
+        if self._consecutive_rejections >= MAX_CONSECUTIVE_REJECTIONS:
+            return self._give_up(solver, progress, f"{self._consecutive_rejections} "
+                                 "consecutive updates were rejected")
         if solver.is_rejected(batch_loss):
             if progress.n_updates == self._updates_at_start and not math.isfinite(batch_loss):
                 solver.discard()
                 raise ValueError(self._unscaled_message(solver, batch_loss))
             return self._reject(solver, progress, batch_loss)
-        self._consecutive_rejections = 0
         if self._observe(solver, progress, batch_loss):
-            return self._diverged(solver, progress, f"reached {batch_loss:.4g}, more than "
-                                  f"{BLOW_UP_FACTOR:g} times {self._monitor.reference_loss:.4g}")
+            return self._give_up(solver, progress, f"the mini-batch loss reached "
+                                 f"{batch_loss:.4g}, more than {BLOW_UP_FACTOR:g} times "
+                                 f"{self._monitor.reference_loss:.4g}")
         solver.backup()
-        solver.step()
+        report = solver.step()
+        self._report = report
         progress.n_updates += 1
         return True
 
+    def _read_loss(self, loss: torch.Tensor, progress: TrainingProgress) -> float:
+        """The batch's mean loss, read with the previous step's report in one transfer."""
+        if self._report is None:
+            return float(loss)
+        values = self._report.fetch(loss)
+        self._take_report(values, progress)
+        return values["extra"][0]
+
+    def _read_report(self, progress: TrainingProgress) -> None:
+        if self._report is not None:
+            self._take_report(self._report.fetch(), progress)
+
+    def _take_report(self, values: dict, progress: TrainingProgress) -> None:
+        """Count a read step report's rejection and keep its fields for the history."""
+        self._report = None
+        if values["accepted"]:
+            self._consecutive_rejections = 0
+        else:
+            progress.n_rejected_updates += 1
+            self._consecutive_rejections += 1
+        self._report_values = {name: math.nan if values[name] is None else values[name]
+                               for name in REPORT_COLUMNS}
+
     def _reject(self, solver, progress, batch_loss) -> bool:
+        """Undo the update after which the loss became non-finite."""
         has_backup = solver.has_backup
         if has_backup:
             solver.restore()
@@ -228,10 +299,9 @@ class Trainer:
             solver.discard()
         progress.n_rejected_updates += 1
         self._consecutive_rejections += 1
-        if (solver.recovers_from_divergence and has_backup
-                and self._consecutive_rejections < MAX_CONSECUTIVE_REJECTIONS):
+        if solver.recovers_from_divergence and has_backup:
             return True
-        return self._diverged(solver, progress, f"became {batch_loss:.4g}")
+        return self._give_up(solver, progress, f"the loss became {batch_loss:.4g}")
 
     # -- divergence --------------------------------------------------------------------------
     def _observe(self, solver, progress, batch_loss: float) -> bool:
@@ -243,8 +313,8 @@ class Trainer:
             self._monitor = DivergenceMonitor(solver.params, reference)
         return self._monitor.observe(batch_loss, progress.n_updates)
 
-    def _diverged(self, solver, progress, what: str) -> bool:
-        """Stop: put back the best weights of this call and say what to do."""
+    def _give_up(self, solver, progress, why: str) -> bool:
+        """Stop as diverged: put back the best weights of this call, say what to do."""
         progress.stop_reason = "diverged"
         kept = "the last weights with a finite loss were kept"
         if self._monitor is not None and self._monitor.restore_best():
@@ -254,10 +324,21 @@ class Trainer:
             solver.discard()
             solver.on_restore()
         warnings.warn(
-            f"Training diverged at update {progress.n_updates}: the mini-batch loss {what}; "
-            f"{kept}. Lower learning_rate_init (or raise damping for K-FAC), and check that "
-            "the inputs and targets are scaled.", RuntimeWarning, stacklevel=5)
+            f"Training diverged at update {progress.n_updates}: {why}; {kept}. Lower "
+            "learning_rate_init (or raise damping for K-FAC), and check that the inputs "
+            "and targets are scaled.", RuntimeWarning, stacklevel=5)
         return False
+
+    def _check_last_update(self, solver, progress) -> None:
+        """No mini-batch follows the last update to judge it: check it on its own batch."""
+        if self._last_batch is None or progress.stop_reason == "diverged":
+            return
+        X, y = self._last_batch
+        with torch.no_grad():
+            loss = float(solver.loss.per_example(solver.model(X), y).mean())
+        reference = math.inf if self._monitor is None else self._monitor.reference_loss
+        if not math.isfinite(loss) or loss > BLOW_UP_FACTOR * reference:
+            self._give_up(solver, progress, f"the loss after the last update is {loss:.4g}")
 
     @staticmethod
     def _unscaled_message(solver, batch_loss: float) -> str:
@@ -290,13 +371,13 @@ class Trainer:
         row = {"update": progress.n_updates, "epoch": progress.n_epochs,
                "samples": progress.samples_seen, "time": progress.train_time,
                "train_loss": train_loss, "eval_loss": eval_loss, "eval_score": eval_score}
+        self._read_report(progress)
+        row.update(self._report_values)
         row.update({f"time_{phase}": seconds for phase, seconds in solver.phase_times.items()})
         progress.history.append(row)
         self._window_loss, self._window_count = 0.0, 0
         self._last_eval = (progress.n_updates, progress.train_time)
-        if self.config.verbose and self.evaluate is not None:
-            print(f"  update {progress.n_updates}: eval loss = {eval_loss:.6g}, "
-                  f"eval score = {eval_score:.6g} at {progress.train_time:.2f}s")
+        self._notify("on_evaluate", row=row)
 
     def _converged(self, solver, progress, epoch_loss) -> bool:
         """sklearn's MLP rule: no improvement larger than ``tol`` for n_iter_no_change epochs."""
@@ -314,18 +395,8 @@ class Trainer:
         progress.no_improvement_count = 0 if improved else progress.no_improvement_count + 1
         return progress.no_improvement_count > self.config.n_iter_no_change
 
-    def _check_last_update(self, solver, progress) -> None:
-        """No mini-batch follows the last update to judge it: check it on its own batch."""
-        if self._last_batch is None or progress.stop_reason == "diverged":
-            return
-        X, y = self._last_batch
-        with torch.no_grad():
-            loss = float(solver.loss.per_example(solver.model(X), y).mean())
-        reference = math.inf if self._monitor is None else self._monitor.reference_loss
-        if not math.isfinite(loss) or loss > BLOW_UP_FACTOR * reference:
-            self._diverged(solver, progress, f"after the last update is {loss:.4g}")
-
     def _finish(self, solver, progress, *, keep_accumulated: bool) -> None:
+        self._read_report(progress)
         if self._best_weights is None:
             self._check_last_update(solver, progress)
         with torch.no_grad():

@@ -266,8 +266,10 @@ def test_divergence_keeps_the_best_weights_with_a_sane_score(regression_data, es
 
 
 def test_kfac_recovers_after_rejected_updates(regression_data):
+    """Steps ten times the quadratic model's optimum with almost no damping: rejected
+    until the raised damping shortens them, then training goes on."""
     X, y = regression_data
-    reg = KFACRegressor(hidden_layer_sizes=(16,), learning_rate_init=50.0, damping=1e-6,
+    reg = KFACRegressor(hidden_layer_sizes=(16,), learning_rate_init=10.0, damping=1e-6,
                         adapt_damping=False, activation="relu", max_iter=30,
                         batch_size=50, device="cpu", random_state=0)
     quiet_fit(reg, X, y)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from numbers import Integral
+from typing import ClassVar
 
 import numpy as np
-from sklearn.base import TransformerMixin
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_array
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from skkfac.estimators._checks import as_layer_sizes
 from skkfac.estimators.base import BaseKFACEstimator, store_parameters
-from skkfac.estimators.docs import COMMON_PARAMETERS, FITTED_ATTRIBUTES
+from skkfac.estimators.docs import document
 
 
-class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
-    __doc__ = f"""Deep autoencoder trained by K-FAC or Nesterov SGD.
+@document
+class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFACEstimator):
+    """Deep autoencoder trained by K-FAC, Nesterov SGD or Adam.
 
     The network is ``n_features → encoder_layer_sizes → mirrored decoder → n_features``;
     the default is the study's (and Hinton & Salakhutdinov's) MNIST autoencoder
@@ -25,13 +28,11 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
 
     Parameters
     ----------
-    encoder_layer_sizes : tuple of int, default=(1000, 500, 250, 30)
-        Widths of the encoder's layers; the last one is the code size.
-{COMMON_PARAMETERS}
+    <parameters>
 
     Attributes
     ----------
-{FITTED_ATTRIBUTES}
+    <fitted attributes>
 
     Examples
     --------
@@ -45,6 +46,10 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
     True
     """
 
+    _parameter_constraints: ClassVar[dict] = {
+        **BaseKFACEstimator._parameter_constraints,
+        "encoder_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+    }
     _loss_name = "squared_error"
     _supervised = False
     _network_parameters = ("encoder_layer_sizes", "activation", "dtype")
@@ -52,27 +57,24 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
     def __init__(self, encoder_layer_sizes=(1000, 500, 250, 30), activation="tanh", *,
                  solver="kfac", alpha=0.0, batch_size="auto", artificial_batch_size=None,
                  learning_rate_init=None, momentum=0.9, nesterovs_momentum=True,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  damping=0.1, damping_scheme="tikhonov", adapt_damping=True,
-                 adaptive_step=True, kl_clip=None,
-                 stat_decay="linear", momentum_rate=1.0, momentum_max=0.6,
-                 inv_update_freq=10, fisher="sampled", curvature_batch_size=256,
+                 adaptive_step=True, kl_clip=None, stat_decay="linear", momentum_rate=1.0,
+                 momentum_max=0.6, inv_update_freq=10, fisher="sampled",
+                 curvature_batch_size=256,
                  max_iter=200, max_time=None, max_wall_time=None, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  shuffle=True, eval_every=None, eval_interval=None, random_state=None,
-                 verbose=False, warm_start=False, device="auto", dtype="float32",
-                 n_threads=None):
+                 verbose=False, callbacks=None, warm_start=False, device="auto",
+                 dtype="float32", n_threads=None):
         store_parameters(self, locals())
 
     def _layer_sizes(self):
-        encoder = self._encoder_sizes
+        encoder = as_layer_sizes(self.encoder_layer_sizes)
         return encoder + encoder[-2::-1]
 
-    @property
-    def _encoder_sizes(self) -> tuple:
-        return as_layer_sizes(self.encoder_layer_sizes)
-
     def _validate_layer_sizes(self):
-        encoder = self._encoder_sizes
+        encoder = as_layer_sizes(self.encoder_layer_sizes)
         if not encoder or any(not isinstance(s, Integral) or s < 1 for s in encoder):
             raise ValueError("encoder_layer_sizes must be a non-empty tuple of positive "
                              f"integers, got {self.encoder_layer_sizes!r}.")
@@ -83,9 +85,12 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-        y : ignored
-        eval_set : array-like or tuple, optional
-            Held-out inputs ``X_val`` (or ``(X_val,)``/``(X_val, None)``).
+            Training samples (inputs and targets).
+        y : None
+            Ignored.
+        eval_set : array-like, tuple or None, default=None
+            Held-out inputs ``X_val`` (or ``(X_val,)``/``(X_val, None)``), evaluated into
+            ``history_``; never trained on.
 
         Returns
         -------
@@ -96,6 +101,13 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
 
     def partial_fit(self, X, y=None):
         """One epoch over ``X``, continuing from the current state.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+        y : None
+            Ignored.
 
         Returns
         -------
@@ -120,12 +132,28 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
         return -float((output - target).square().mean())
 
     @property
+    def _n_features_out(self) -> int:
+        """Code size: ``get_feature_names_out`` names the codes ``kfacautoencoder0``..."""
+        check_is_fitted(self, "model_")
+        return self._code_size
+
+    @property
     def _n_encoder_modules(self) -> int:
         # Each encoder layer is a Linear followed by its activation.
         return 2 * len(self._built_with["encoder_layer_sizes"])
 
+    @property
+    def _code_size(self) -> int:
+        # Of the fitted network, whatever set_params has changed since.
+        return self._built_with["encoder_layer_sizes"][-1]
+
     def transform(self, X):
         """The code (output of the last encoder layer, after its activation).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
 
         Returns
         -------
@@ -139,6 +167,7 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, encoder_layer_sizes[-1])
+            Codes, as :meth:`transform` returns them.
 
         Returns
         -------
@@ -151,14 +180,18 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
 
     def _check_codes(self, X):
         codes = check_array(X, dtype=(np.float64, np.float32))
-        code_size = self._built_with["encoder_layer_sizes"][-1]
-        if codes.shape[1] != code_size:
+        if codes.shape[1] != self._code_size:
             raise ValueError(f"X has {codes.shape[1]} features, but the code size of this "
-                             f"autoencoder is {code_size}.")
+                             f"autoencoder is {self._code_size}.")
         return codes
 
     def predict(self, X):
         """Reconstruction of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
 
         Returns
         -------
@@ -168,6 +201,15 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
 
     def score(self, X, y=None, sample_weight=None):
         """Negative mean squared reconstruction error (higher is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+        y : None
+            Ignored.
+        sample_weight : array-like of shape (n_samples,) or None, default=None
+            Weights of the samples' errors.
 
         Returns
         -------
