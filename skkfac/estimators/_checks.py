@@ -42,18 +42,22 @@ def check_n_outputs(n_outputs: int, y_encoded: np.ndarray, what: str = "y") -> N
             "(warm_start=False) for another number of outputs.")
 
 
-def check_representable(array: np.ndarray, dtype, what: str) -> None:
-    """Values whose squares, summed over many samples, stay finite in ``dtype``.
+def check_representable(array: np.ndarray, dtype, what: str, *, squared: bool = False) -> None:
+    """Values must stay finite in ``dtype``; with ``squared``, so must their squares.
 
-    The loss and K-FAC's statistics sum squares and products of inputs and targets; a
-    margin of a million samples keeps those sums finite.
+    Squared-error targets need the second: the loss sums their squares (a margin of a
+    million samples keeps the sum finite). Inputs only need the first: a saturating
+    network can train on them, and K-FAC guards statistics that overflow.
     """
-    limit = float(np.sqrt(np.finfo(dtype).max)) / 1e3
     largest = float(np.abs(array).max()) if array.size else 0.0
+    limit = float(np.finfo(dtype).max)
+    if squared:
+        limit = float(np.sqrt(limit)) / 1e3
     if largest > limit:
         advice = ("Scale the targets (e.g. TransformedTargetRegressor with a "
                   "StandardScaler)" if what == "y" else f"Scale {what} (e.g. StandardScaler)")
+        overflow = ("their squares, which the loss sums, overflow" if squared
+                    else "they overflow")
         raise ValueError(
-            f"{what} has values up to {largest:.3g}: their squares, which the loss and "
-            f"K-FAC's statistics sum, overflow {np.dtype(dtype).name} beyond about "
-            f"{limit:.2g}. {advice}, or use dtype='float64'.")
+            f"{what} has values up to {largest:.3g}: {overflow} {np.dtype(dtype).name} "
+            f"beyond about {limit:.2g}. {advice}, or use dtype='float64'.")

@@ -216,7 +216,8 @@ class BaseKFACEstimator(BaseEstimator):
         y_encoded = self._encode_targets(y)
         check_representable(X, np.dtype(self.dtype), "X")
         if self._supervised:
-            check_representable(y_encoded, np.dtype(self.dtype), "y")
+            check_representable(y_encoded, np.dtype(self.dtype), "y",
+                                squared=self._loss_name == "squared_error")
         rng = check_random_state(self.random_state)
         if first_fit:
             self._initialize(X.shape[1], self._n_outputs(y_encoded), rng)
