@@ -397,3 +397,50 @@ def test_bad_n_threads_raise(regression_data, n_threads):
     X, y = regression_data
     with pytest.raises(ValueError, match="n_threads"):
         KFACRegressor(n_threads=n_threads, **FAST).fit(X, y)
+
+
+# -- the same guarantees on a GPU ---------------------------------------------------------------
+class InterruptAfter:
+    """Callback standing for Ctrl-C after ``n`` updates of the call."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def on_update(self, event):
+        self.calls += 1
+        if self.calls >= self.n:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("how", ["refit", "warm_start", "partial_fit"])
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_cuda_interrupted_fit_restores_and_continues(regression_data, solver, how):
+    X, y = regression_data
+    reg = quiet_fit(KFACRegressor(hidden_layer_sizes=(16,), solver=solver, batch_size=50,
+                                  max_iter=3, warm_start=how == "warm_start",
+                                  device="cuda", random_state=0), X, y)
+    state = fitted_state(reg)
+    reg.set_params(callbacks=[InterruptAfter(3)])
+    with pytest.raises(KeyboardInterrupt):
+        reg.partial_fit(X, y) if how == "partial_fit" else reg.fit(X, y)
+    assert_same_state(reg, state, X)
+    reg.set_params(callbacks=None).partial_fit(X, y)
+    assert reg.n_updates_ > state["n_updates"] and reg.model_[0].weight.is_cuda
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_divergence_and_wall_time(iris, regression_data):
+    X, y = iris
+    clf = KFACClassifier(hidden_layer_sizes=(16,), solver="sgd", learning_rate_init=1e6,
+                         device="cuda", random_state=0)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        clf.fit(X, y)
+    assert clf.stop_reason_ == "diverged"
+    assert log_loss(y, clf.predict_proba(X)) < 2 * np.log(3)
+    X, y = regression_data
+    reg = KFACRegressor(hidden_layer_sizes=(64,), eval_every=1, max_iter=10**6, tol=0.0,
+                        max_wall_time=1.0, batch_size=10, device="cuda", random_state=0)
+    start = time.perf_counter()
+    reg.fit(X, y, eval_set=(X, y))
+    assert reg.stop_reason_ == "max_wall_time" and time.perf_counter() - start < 3.0

@@ -156,8 +156,8 @@ FITTED_ATTRIBUTES = """\
         Updates undone: by the solver (its step report said so) or by the trainer
         because the loss diverged after them.
     stop_reason_ : str
-        'max_iter', 'max_time', 'max_wall_time', 'converged' or 'diverged' ('' after
-        ``partial_fit`` unless it diverged or ran out of wall time).
+        'max_iter', 'max_time', 'max_wall_time', 'converged' or 'diverged' (see the
+        user guide's Reliability page); 'max_iter' after a complete ``partial_fit`` epoch.
     n_features_in_ : int
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of str
