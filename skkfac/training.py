@@ -408,6 +408,7 @@ class Trainer:
                     solver.restore()
         if keep_accumulated and progress.stop_reason != "diverged":
             progress.pending_loss = float(self._pending_loss)
+            solver.copy_pending_data()
         else:
             solver.discard()
             progress.pending_loss = 0.0

@@ -159,6 +159,8 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
         -------
         code : ndarray of shape (n_samples, encoder_layer_sizes[-1])
         """
+        check_is_fitted(self, "model_")
+        self._follow_device()  # before taking the encoder out of the network
         return self._predict_outputs(X, self.model_[:self._n_encoder_modules])
 
     def inverse_transform(self, X):
@@ -174,6 +176,7 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
         X_reconstructed : ndarray of shape (n_samples, n_features)
         """
         check_is_fitted(self, "model_")
+        self._follow_device()
         codes = self._check_codes(X)
         return self._forward(self._to_tensor(codes),
                              self.model_[self._n_encoder_modules:]).cpu().numpy()

@@ -22,8 +22,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from skkfac import devices
 from skkfac._threads import torch_threads
 from skkfac.callbacks import LogProgress, check_callbacks, verbose_logging
+from skkfac.devices import resolve_device
 from skkfac.divergence import constant_prediction_loss
 from skkfac.estimators._checks import (
     as_layer_sizes,
@@ -34,8 +36,8 @@ from skkfac.estimators._checks import (
 from skkfac.estimators._transaction import fit_transaction
 from skkfac.losses import get_loss
 from skkfac.nn import ACTIVATIONS, build_mlp
-from skkfac.solvers import SOLVERS, get_solver
-from skkfac.solvers.spec import estimator_parameters, solver_arguments
+from skkfac.solvers import get_solver
+from skkfac.solvers.spec import RegisteredSolver, estimator_parameters, solver_arguments
 from skkfac.training import Trainer, TrainingConfig, TrainingProgress
 
 #: Rows per forward pass when predicting or evaluating (bounds memory).
@@ -54,22 +56,12 @@ def store_parameters(estimator, arguments: dict) -> None:
             setattr(estimator, name, value)
 
 
-def resolve_device(device: str) -> torch.device:
-    """``'auto'`` → the first CUDA device when one is available, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available.")
-    return resolved
-
-
 class BaseKFACEstimator(BaseEstimator):
     """Shared parameters, validation, fitting, prediction and learning curves."""
 
     _parameter_constraints: ClassVar[dict] = {
         "activation": [StrOptions(set(ACTIVATIONS))],
-        "solver": [StrOptions(set(SOLVERS))],
+        "solver": [RegisteredSolver()],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "artificial_batch_size": [None, Interval(Integral, 1, None, closed="left")],
@@ -90,7 +82,7 @@ class BaseKFACEstimator(BaseEstimator):
         "verbose": ["verbose"],
         "callbacks": [None, list],
         "warm_start": ["boolean"],
-        "device": [str],
+        "device": [str, torch.device],
         "dtype": [StrOptions(set(DTYPES))],
         "n_threads": [None, Interval(Integral, None, -1, closed="right"),
                       Interval(Integral, 1, None, closed="left")],
@@ -219,6 +211,8 @@ class BaseKFACEstimator(BaseEstimator):
             check_representable(y_encoded, np.dtype(self.dtype), "y",
                                 squared=self._loss_name == "squared_error")
         rng = check_random_state(self.random_state)
+        if not first_fit:  # set_params may have changed it since the last fit
+            self._follow_device()
         if first_fit:
             self._initialize(X.shape[1], self._n_outputs(y_encoded), rng)
         else:
@@ -306,9 +300,7 @@ class BaseKFACEstimator(BaseEstimator):
         self.train_time_ = progress.train_time
         self.loss_curve_ = list(progress.loss_curve)
         self.loss_ = self.loss_curve_[-1] if self.loss_curve_ else float("nan")
-        # TODO(merge): drop n_rejected_steps once KFAC.step returns a StepReport.
-        self.n_rejected_updates_ = (progress.n_rejected_updates
-                                    + getattr(self.solver_, "n_rejected_steps", 0))
+        self.n_rejected_updates_ = progress.n_rejected_updates
         self.stop_reason_ = progress.stop_reason
         self.history_ = pd.DataFrame(progress.history)
         if self.early_stopping and not incremental:
@@ -334,11 +326,75 @@ class BaseKFACEstimator(BaseEstimator):
 
     def _predict_outputs(self, X, module=None) -> np.ndarray:
         check_is_fitted(self, "model_")
+        self._follow_device()
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         with torch_threads(self.n_threads):
             return self._forward(self._to_tensor(X), module).cpu().numpy()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.non_deterministic = self.device != "cpu" and torch.cuda.is_available()
+        tags.non_deterministic = str(self.device) != "cpu" and torch.cuda.is_available()
         return tags
+
+    # -- devices -------------------------------------------------------------------------
+    def _follow_device(self) -> None:
+        """Move the fitted network and solver to the device ``device`` names now.
+
+        Lets ``set_params(device=...)`` take effect at the next ``predict`` or fit: the
+        solver's whole state moves too, so ``warm_start``/``partial_fit`` continue
+        exactly where they stopped.
+        """
+        wanted = devices.target_device(self.device, self.device_)
+        if wanted != self.device_:
+            self._unpack(self._pack({"model_": self.model_, "solver_": self.solver_}), wanted)
+            self.device_ = wanted
+
+    def __getstate__(self):
+        """Pickle the fitted state through ``torch.save`` so it can load on any machine."""
+        state = dict(super().__getstate__())  # may be self.__dict__ itself
+        if "model_" not in state:
+            return state
+        # A pickle taken mid-update (a checkpoint) must not carry the whole data set.
+        self.solver_.copy_pending_data()
+        parameters = self.get_params(deep=False)
+        fitted = {name: state.pop(name) for name in list(state) if name not in parameters}
+        state["_fitted_device"] = str(fitted["device_"])
+        state["_fitted_state"] = self._pack(fitted)
+        return state
+
+    def __setstate__(self, state):
+        """Unpickle, with the tensors on the device ``device`` names on this machine.
+
+        When that device does not exist here (a GPU asked for by name, on a CPU-only
+        machine), the tensors load on the CPU and a warning says so.
+        """
+        packed = state.pop("_fitted_state", None)
+        fitted_device = torch.device(state.pop("_fitted_device", "cpu"))
+        super().__setstate__(state)
+        if packed is None:
+            return
+        try:
+            target = devices.target_device(self.device, fitted_device)
+        except ValueError as error:
+            target = torch.device("cpu")
+            warnings.warn(f"This estimator was fitted on {fitted_device}; {error} Its "
+                          "tensors were loaded on the CPU: call set_params(device='cpu') "
+                          "(or another device) before predicting or fitting.",
+                          UserWarning, stacklevel=2)
+        self._unpack(packed, target)
+        self.device_ = target
+
+    def _pack(self, fitted: dict) -> bytes:
+        """Serialise fitted attributes (``torch.save``), tensors on the devices they are on."""
+        # Parameters pickle without their .grad, which holds the gradient of an update
+        # not finished yet (partial_fit with an artificial batch): keep it alongside.
+        gradients = [p.grad for p in self.model_.parameters()]
+        return devices.dumps({**fitted, "_gradients": gradients})
+
+    def _unpack(self, packed: bytes, device: torch.device) -> None:
+        """Set the attributes :meth:`_pack` saved, with every tensor on ``device``."""
+        fitted = devices.loads(packed, device)
+        gradients = fitted.pop("_gradients")
+        self.__dict__.update(fitted)
+        for parameter, gradient in zip(self.model_.parameters(), gradients):
+            parameter.grad = gradient

@@ -94,6 +94,14 @@ class Solver:
         """Drop what has been accumulated since the last step."""
         self._reset_accumulation()
 
+    def copy_pending_data(self) -> None:
+        """Keep copies, not views, of the training rows held for the next ``step``.
+
+        Called when training pauses in the middle of an update (``partial_fit``): the
+        micro-batches are views into the trainer's shuffled copy of the whole data set,
+        which must not stay alive (nor be pickled) for the sake of a few rows.
+        """
+
     def step(self) -> StepReport:  # pragma: no cover - abstract
         """One update from everything accumulated since the last step."""
         raise NotImplementedError
@@ -163,3 +171,15 @@ class TorchOptimizerSolver(Solver):
     def on_restore(self) -> None:
         """After a rejected update: forget the optimizer's running state (momentum)."""
         self.optimizer.state.clear()
+
+
+def clone_tensors(obj):
+    """``obj`` (tensors in lists and tuples, named or not) with every tensor cloned."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, list):
+        return [clone_tensors(item) for item in obj]
+    if isinstance(obj, tuple):
+        items = [clone_tensors(item) for item in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    return obj
