@@ -15,6 +15,7 @@ import statistics
 import warnings
 
 import numpy as np
+import torch
 
 from skkfac import KFACAutoencoder, KFACRegressor
 from skkfac.datasets import load_mnist, load_uci_regression
@@ -76,7 +77,8 @@ def main(argv=None):
             losses, updates = [], []
             for seed in range(args.seeds):
                 model = make_estimator(max_time=args.budget, max_iter=10**6, tol=0.0,
-                                       random_state=seed, **params)
+                                       random_state=seed,
+                                       n_threads=torch.get_num_threads(), **params)
                 model.fit(*train)
                 losses.append(held_out_mse(model, test))
                 updates.append(model.n_updates_)

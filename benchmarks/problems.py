@@ -127,9 +127,13 @@ class Problem:
     # -- estimators -------------------------------------------------------------------
     def make_estimator(self, solver: str, **params):
         """The problem's estimator with the benchmark defaults, ``solver`` and ``params``."""
+        import torch
+
         from skkfac import KFACAutoencoder, KFACClassifier, KFACRegressor
 
-        kwargs = {**BENCH_ESTIMATOR_DEFAULTS, "solver": solver, **params}
+        # The estimators use one thread unless told otherwise: follow the suite's --threads.
+        kwargs = {**BENCH_ESTIMATOR_DEFAULTS, "solver": solver,
+                  "n_threads": torch.get_num_threads(), **params}
         if self.kind == "autoencoder":
             return KFACAutoencoder(encoder_layer_sizes=self.layers, **kwargs)
         if self.kind == "regression":

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import warnings
 
+import torch
+
 from skkfac import KFACAutoencoder
 from skkfac.datasets import load_mnist
 
@@ -28,7 +30,8 @@ def main(argv=None):
     mnist = load_mnist(args.data_home)
     for batch_size, artificial in SETTINGS:
         ae = KFACAutoencoder(batch_size=batch_size, artificial_batch_size=artificial,
-                             max_time=args.budget, max_iter=10**6, tol=0.0, random_state=0)
+                             max_time=args.budget, max_iter=10**6, tol=0.0, random_state=0,
+                             n_threads=torch.get_num_threads())
         ae.fit(mnist.X_train)
         print(f"batch {batch_size:>4} artificial {artificial}: "
               f"test MSE {-ae.score(mnist.X_test):.4f}  updates {ae.n_updates_}  "

@@ -78,7 +78,8 @@ def run_time_budget(out_dir, budget, *, problem_name: str = "regression", data_h
         estimator = KFACRegressor(hidden_layer_sizes=REGRESSION_HIDDEN, solver="sgd",
                                   max_time=max_time, learning_rate_init=LEARNING_RATE,
                                   max_iter=10**9, n_iter_no_change=10**9, tol=0.0,
-                                  device=device, random_state=seed + run)
+                                  device=device, random_state=seed + run,
+                                  n_threads=torch.get_num_threads())
         wall = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
