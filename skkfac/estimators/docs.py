@@ -30,8 +30,9 @@ COMMON_PARAMETERS = """\
         K-FAC Tikhonov damping λ relative to the average eigenvalue of the Kronecker
         factors at the first update (so it does not depend on the scale of the loss or
         the data); initial value when ``adapt_damping``.
-    damping_scheme : {'tikhonov', 'eigen', 'max_norm'}, default='tikhonov'
-        K-FAC damping: factored Tikhonov, exact Tikhonov in the eigenbasis, or the
+    damping_scheme : {'tikhonov', 'eigen', 'ekfac', 'max_norm'}, default='tikhonov'
+        K-FAC damping: factored Tikhonov, exact Tikhonov in the eigenbasis, EKFAC (the
+        eigenbasis with eigenvalues re-estimated from per-example gradients), or the
         study's divide-by-max normalisation. See :class:`skkfac.KFAC`.
     adapt_damping : bool, default=True
         Adapt λ by the Levenberg–Marquardt rule (K-FAC).

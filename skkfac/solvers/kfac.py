@@ -24,7 +24,13 @@ from contextlib import contextmanager
 import torch
 from torch.func import functional_call, jvp
 
-from skkfac.curvature import DAMPING_SCHEMES, STAT_DECAY_SCHEDULES, KroneckerBlock, stat_decay
+from skkfac.curvature import (
+    DAMPING_SCHEMES,
+    STAT_DECAY_SCHEDULES,
+    EKFACStatistics,
+    KroneckerBlock,
+    stat_decay,
+)
 from skkfac.nn import sequential_jvp, supports_fast_jvp
 from skkfac.solvers.base import Solver
 
@@ -60,9 +66,12 @@ class KFAC(Solver, torch.optim.Optimizer):
         at the first update, so the same value suits losses and data of any scale.
         Initial value when ``adapt_damping``. For ``'max_norm'`` it is the shift added to
         the max-normalised factors.
-    damping_scheme : {'tikhonov', 'eigen', 'max_norm'}, default='tikhonov'
+    damping_scheme : {'tikhonov', 'eigen', 'ekfac', 'max_norm'}, default='tikhonov'
         ``'tikhonov'``: factored Tikhonov ``(A + π√λ I) ⊗ (G + √λ/π I)``;
         ``'eigen'``: exact ``A ⊗ G + λ I`` in the factors' eigenbasis;
+        ``'ekfac'``: EKFAC (George et al. 2018), the eigenbasis of ``A ⊗ G`` with the
+        eigenvalues re-estimated every update from the per-example gradients, plus ``λ``
+        (:mod:`skkfac.curvature.ekfac`);
         ``'max_norm'``: the study's divide-by-max normalisation of A, G and the update.
     adapt_damping : bool, default=True
         Levenberg–Marquardt adaptation of ``λ`` from the reduction ratio ``ρ`` of the
@@ -173,6 +182,8 @@ class KFAC(Solver, torch.optim.Optimizer):
         self.last_rho: float | None = None
         self._curvature_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._fast_jvp = supports_fast_jvp(model)
+        # EKFAC: per-example rows of the curvature batch, folded in at each step.
+        self.ekfac = EKFACStatistics() if damping_scheme == "ekfac" else None
         self.n_rejected_steps = 0
 
     def __getstate__(self):
@@ -239,9 +250,12 @@ class KFAC(Solver, torch.optim.Optimizer):
         return [list(torch.autograd.grad(loss_sum, outputs, retain_graph=True))]
 
     def _add_statistics(self, output, target, inputs, outputs) -> None:
-        for gradients in self._output_gradients(output, target, outputs):
+        gradient_passes = self._output_gradients(output, target, outputs)
+        for gradients in gradient_passes:
             for block, g in zip(self.blocks, gradients):
                 block.add_output_gradients(g.detach())
+        if self.ekfac is not None:
+            self.ekfac.add(inputs, gradient_passes)
         for block, a in zip(self.blocks, inputs):
             block.add_inputs(a)
         self.n_curvature_examples += output.shape[0]
@@ -327,6 +341,9 @@ class KFAC(Solver, torch.optim.Optimizer):
         with self._phase("inverse"):
             if self._needs_inverse_refresh(k, damping):
                 self._refresh_inverses(damping)
+        if self.ekfac is not None:
+            with self._phase("statistics"):
+                self.ekfac.update([block.inverse for block in self.blocks], decay)
         with self._phase("precondition"):
             directions = [-block.inverse.apply(V) for block, V in zip(self.blocks, gradients)]
         with self._phase("update"):
@@ -509,6 +526,8 @@ class KFAC(Solver, torch.optim.Optimizer):
         self._curvature_rows = []
         for block in self.blocks:
             block.reset_sums()
+        if self.ekfac is not None:
+            self.ekfac.clear()
 
     def on_restore(self) -> None:
         """After a rejected update: raise damping tenfold, forget momentum, re-invert."""
