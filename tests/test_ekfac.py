@@ -1,6 +1,8 @@
 """EKFAC (damping_scheme='ekfac') against brute-force per-example computations."""
 
 import copy
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,8 @@ from skkfac import KFAC, KFACClassifier, KFACRegressor
 from skkfac.curvature import EigenvalueCorrectedTikhonov
 from skkfac.losses import get_loss
 from skkfac.nn import build_mlp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives at the root
 
 
 @pytest.fixture(autouse=True)
@@ -271,3 +275,12 @@ def test_classifier_learns_with_ekfac():
     assert np.isfinite(clf.loss_curve_).all()
     assert clf.loss_curve_[-1] < 0.5 * clf.loss_curve_[0]
     assert clf.score(X, y) > 0.9
+
+
+def test_benchmark_script_runs(capsys):
+    from benchmarks import ekfac as benchmark
+
+    benchmark.main(["--problems", "digits", "--budget", "0.3", "--updates", "1", "--seeds", "1"])
+    out = capsys.readouterr().out
+    assert "load average" in out and "after 1 updates" in out
+    assert all(label in out for label in benchmark.VARIANTS)
