@@ -58,21 +58,25 @@ def median_and_seeds(values) -> str:
 def equal_time(problem, data, args) -> None:
     print(f"\nequal time: {problem.loss_name} on all {len(data.X_test)} test rows after "
           f"{args.budget:g} s of training on all {len(data.X_full)} training rows; "
-          "median [per seed]; cost = seconds per update relative to the first row; "
+          f"median [per seed]; cost = seconds per update relative to {BASELINE!r}; "
           "stats = share of the training time in the statistics phase")
-    print(f"  {'variant':<31} {'loss':<30} {'updates':>7} {'cost':>6} {'stats':>6}")
-    baseline_cost = None
-    for label, params in VARIANTS.items():
-        rows = []
-        for seed in range(args.seeds):
+    results = {label: [] for label in VARIANTS}
+    labels = list(VARIANTS)
+    for seed in range(args.seeds):
+        # Interleaved, in an order rotated per seed, so that a drift of the machine's load
+        # does not fall on one variant.
+        for label in labels[seed % len(labels):] + labels[:seed % len(labels)]:
             estimator = fit(problem, data.X_full, data.y_full, max_time=args.budget,
-                            random_state=seed, **params)
+                            random_state=seed, **VARIANTS[label])
             train_time = estimator.train_time_
-            rows.append((problem.loss(estimator, data.X_test, data.y_test),
-                         estimator.n_updates_, train_time / max(estimator.n_updates_, 1),
-                         estimator.solver_.phase_times["statistics"] / train_time))
+            results[label].append((
+                problem.loss(estimator, data.X_test, data.y_test), estimator.n_updates_,
+                train_time / max(estimator.n_updates_, 1),
+                estimator.solver_.phase_times["statistics"] / train_time))
+    baseline_cost = statistics.median(row[2] for row in results[BASELINE])
+    print(f"  {'variant':<31} {'loss':<30} {'updates':>7} {'cost':>6} {'stats':>6}")
+    for label, rows in results.items():
         losses, updates, costs, shares = zip(*rows)
-        baseline_cost = baseline_cost or statistics.median(costs)
         print(f"  {label:<31} {median_and_seeds(losses):<30} "
               f"{int(statistics.median(updates)):>7} "
               f"{statistics.median(costs) / baseline_cost:>5.2f}x "

@@ -16,14 +16,7 @@ from skkfac.losses import get_loss
 from skkfac.nn import build_mlp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives at the root
-
-
-@pytest.fixture(autouse=True)
-def float64_by_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+from test_kfac_exact import float64_by_default  # noqa: F401  (autouse fixture)
 
 
 def network(activation="tanh", hidden=(5, 4), n_in=3, n_out=2, seed=0):
