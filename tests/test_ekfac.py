@@ -19,6 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` liv
 from test_kfac_exact import float64_by_default  # noqa: F401  (autouse fixture)
 
 
+@pytest.fixture(autouse=True)
+def keep_global_rng():
+    """Leave torch's global generator as found: later modules draw unseeded from it."""
+    with torch.random.fork_rng():
+        yield
+
+
 def network(activation="tanh", hidden=(5, 4), n_in=3, n_out=2, seed=0):
     return build_mlp(n_in, hidden, n_out, activation, dtype=torch.float64,
                      generator=torch.Generator().manual_seed(seed))
