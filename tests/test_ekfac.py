@@ -2,6 +2,7 @@
 
 import copy
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +232,67 @@ def test_bias_free_rows_use_the_factor_width():
     inverse = EigenvalueCorrectedTikhonov(A, G, damping=0.0)
     scaling = inverse.scaling_sum(X, [out_grads]) / 20
     torch.testing.assert_close(scaling, (inverse.Qg.T @ grads @ inverse.Qa).square().mean(0))
+
+
+class TwoRanks:
+    """Two data-parallel "processes" as threads: ``all_reduce`` sums in place, in the same
+    order on both, as the solver's data-parallel seam requires."""
+
+    def __init__(self):
+        self.barrier = threading.Barrier(2, timeout=60)
+        self.slots = [None, None]
+
+    def all_reduce(self, rank, tensors):
+        self.slots[rank] = [t.clone() for t in tensors]
+        self.barrier.wait()
+        for tensor, first, second in zip(tensors, *self.slots):
+            tensor.copy_(first + second)
+        self.barrier.wait()
+
+
+def test_data_parallel_ranks_share_the_scaling_and_match_one_process():
+    """Each rank's rows are summed over the ranks through the solver's seams
+    (``_all_reduce``, ``_reduce_count``): two ranks on half batches make the update of one
+    process on the whole batch (else their scalings, hence their weights, would differ)."""
+    X, y = batch("cross_entropy", n=16)
+    options = dict(fisher="empirical", inv_update_freq=2)
+    single = network()
+    ranks = [network(), network()]
+    group, errors = TwoRanks(), []
+    opt = plain(single, "cross_entropy", **options)
+    for _ in range(3):
+        opt.accumulate(X, y)
+        opt.step()
+
+    def run(rank):
+        try:
+            part = slice(8 * rank, 8 * rank + 8)
+            rank_opt = plain(ranks[rank], "cross_entropy", **options)
+            rank_opt._all_reduce = lambda tensors: group.all_reduce(rank, tensors)
+
+            def reduce_count(count):
+                total = torch.tensor([float(count)])
+                group.all_reduce(rank, [total])
+                return int(total.item())
+
+            rank_opt._reduce_count = reduce_count
+            for _ in range(3):
+                rank_opt.accumulate(X[part], y[part])
+                rank_opt.step()
+        except Exception as error:  # re-raised in the main thread
+            errors.append(error)
+            group.barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    for a, b, c in zip(single.parameters(), *(r.parameters() for r in ranks)):
+        assert torch.equal(b, c)
+        torch.testing.assert_close(b, a)
 
 
 def test_optimizer_pickles_with_its_statistics_and_keeps_training():
