@@ -295,6 +295,44 @@ def test_data_parallel_ranks_share_the_scaling_and_match_one_process():
         torch.testing.assert_close(b, a)
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_cuda_updates_between_refreshes_do_not_synchronise():
+    X, y = batch("cross_entropy", n=64)
+    X, y = X.cuda(), y.cuda()
+    opt = plain(network().cuda(), "cross_entropy", inv_update_freq=100, adaptive_step=True,
+                adapt_damping=True, damping_adapt_interval=2)
+    for _ in range(2):
+        opt.accumulate(X, y)
+        opt.step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(4):
+            opt.accumulate(X, y)
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(bool(block.inverse.estimated) for block in opt.blocks)
+
+
+@needs_cuda
+def test_cuda_update_matches_cpu():
+    X, y = batch("cross_entropy", n=32)
+    results = []
+    for device in ("cpu", "cuda"):
+        model = network().to(device)
+        opt = plain(model, "cross_entropy", fisher="empirical", inv_update_freq=2)
+        for _ in range(4):
+            opt.accumulate(X.to(device), y.to(device))
+            opt.step()
+        results.append([p.detach().cpu() for p in model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
 def test_optimizer_pickles_with_its_statistics_and_keeps_training():
     import pickle
 
