@@ -58,6 +58,27 @@ def test_a_kfac_update_reads_at_most_one_value_from_the_device(options):
     assert report.fetch()["accepted"]  # fetch itself: one transfer, by the caller
 
 
+def test_ekfac_adds_no_read_to_an_update():
+    """EKFAC's per-update work (rows, re-estimated scaling, carry into a new basis) stays
+    on the device. Its refreshes read like ``'eigen'``'s (the eigendecomposition checks
+    its eigenvalues on the host), so the updates counted here are those between them."""
+    X = torch.rand(300, 64, generator=torch.Generator().manual_seed(1))
+    opt = autoencoder(damping_scheme="ekfac", inv_update_freq=100, damping_adapt_interval=2)
+    for _ in range(2):
+        opt.accumulate(X, X)
+        opt.step()
+    inverses = [block.inverse for block in opt.blocks]
+    per_update = []
+    for _ in range(6):
+        with count_host_reads() as reads:
+            opt.accumulate(X, X)
+            opt.step()
+        per_update.append(len(reads))
+    assert [block.inverse for block in opt.blocks] == inverses  # no refresh in between
+    assert max(per_update) <= 1, per_update
+    assert all(bool(inverse.estimated) for inverse in inverses)
+
+
 def test_counter_sees_reads():
     with count_host_reads() as reads:
         float(torch.ones(()))

@@ -27,7 +27,13 @@ import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch.func import functional_call, jvp
 
-from skkfac.curvature import DAMPING_SCHEMES, STAT_DECAY_SCHEDULES, KroneckerBlock, stat_decay
+from skkfac.curvature import (
+    DAMPING_SCHEMES,
+    STAT_DECAY_SCHEDULES,
+    EKFACStatistics,
+    KroneckerBlock,
+    stat_decay,
+)
 from skkfac.curvature.control import (
     levenberg_marquardt,
     minimise_plane_model,
@@ -74,9 +80,12 @@ class KFAC(Solver, torch.optim.Optimizer):
         Levenberg–Marquardt rule then adapts it.
         Initial value when ``adapt_damping``. For ``'max_norm'`` it is the shift added to
         the max-normalised factors.
-    damping_scheme : {'tikhonov', 'eigen', 'max_norm'}, default='tikhonov'
+    damping_scheme : {'tikhonov', 'eigen', 'ekfac', 'max_norm'}, default='tikhonov'
         ``'tikhonov'``: factored Tikhonov ``(A + π√λ I) ⊗ (G + √λ/π I)``;
         ``'eigen'``: exact ``A ⊗ G + λ I`` in the factors' eigenbasis;
+        ``'ekfac'``: EKFAC (George et al. 2018), the eigenbasis of ``A ⊗ G`` with the
+        eigenvalues re-estimated every update from the per-example gradients, plus ``λ``
+        (:mod:`skkfac.curvature.ekfac`);
         ``'max_norm'``: the study's divide-by-max normalisation of A, G and the update.
     adapt_damping : bool, default=True
         Levenberg–Marquardt adaptation of ``λ`` from the reduction ratio ``ρ`` of the
@@ -163,7 +172,8 @@ class KFAC(Solver, torch.optim.Optimizer):
             "or the data); initial value when ``adapt_damping``."),
         Hyperparameter(
             "damping_scheme", "tikhonov", [StrOptions(set(DAMPING_SCHEMES))],
-            "K-FAC damping: factored Tikhonov, exact Tikhonov in the eigenbasis, or the "
+            "K-FAC damping: factored Tikhonov, exact Tikhonov in the eigenbasis, EKFAC (the "
+            "eigenbasis with eigenvalues re-estimated from per-example gradients), or the "
             "study's divide-by-max normalisation. See :class:`skkfac.KFAC`."),
         Hyperparameter(
             "adapt_damping", True, ["boolean"],
@@ -253,6 +263,8 @@ class KFAC(Solver, torch.optim.Optimizer):
         self.last_report: StepReport | None = None
         self._curvature_rows: list[CurvatureRows] = []
         self._fast_jvp = supports_fast_jvp(model)
+        # EKFAC: per-example rows of the curvature batch, folded in at each step.
+        self.ekfac = EKFACStatistics() if damping_scheme == "ekfac" else None
         shared = self._shared
         shared["step"] = 0
         shared["damping"] = self._scalar(damping)
@@ -340,6 +352,8 @@ class KFAC(Solver, torch.optim.Optimizer):
             block.A, block.G = state.get("A"), state.get("G")
             inverse = state.get("inverse")
             block.inverse = None if inverse is None else scheme.from_tensors(inverse)
+        if self.ekfac is not None:  # the restored inverses hold the running scaling
+            self.ekfac.current = [block.inverse for block in self.blocks]
 
     def _set_generator_state(self, rng_state: torch.Tensor) -> None:
         """Restore the sampling generator; from another kind of device (a model fitted on
@@ -371,6 +385,8 @@ class KFAC(Solver, torch.optim.Optimizer):
 
     def copy_pending_data(self) -> None:
         self._curvature_rows = clone_tensors(self._curvature_rows)
+        if self.ekfac is not None:
+            self.ekfac.rows = clone_tensors(self.ekfac.rows)
 
     # -- data-parallel seams -------------------------------------------------------------
     def _all_reduce(self, tensors: list[torch.Tensor]) -> None:
@@ -422,9 +438,12 @@ class KFAC(Solver, torch.optim.Optimizer):
     def _add_statistics(self, output, target, inputs, outputs) -> None:
         """Add the examples' ``a`` and ``g`` to every block (same examples for both)."""
         with full_precision(self.device):
-            for gradients in self._output_gradients(output, target, outputs):
+            gradient_passes = self._output_gradients(output, target, outputs)
+            for gradients in gradient_passes:
                 for block, g in zip(self.blocks, gradients):
                     block.add_output_gradients(g.detach())
+            if self.ekfac is not None:
+                self.ekfac.add(inputs, gradient_passes)
             for block, a in zip(self.blocks, inputs):
                 block.add_inputs(a)
         self.n_curvature_examples += output.shape[0]
@@ -601,6 +620,10 @@ class KFAC(Solver, torch.optim.Optimizer):
         with self.timer.phase("inverse"):
             if self._refresh_due(k):
                 self._refresh_inverses()
+        if self.ekfac is not None:
+            with self.timer.phase("statistics"):
+                self.ekfac.update([block.inverse for block in self.blocks], decay,
+                                  self._all_reduce, self._reduce_count)
         with self.timer.phase("precondition"):
             directions = [torch.nan_to_num_(block.inverse.apply(V).neg_(), 0.0, 0.0, 0.0)
                           for block, V in zip(self.blocks, gradients)]
@@ -809,6 +832,8 @@ class KFAC(Solver, torch.optim.Optimizer):
         self._curvature_rows = []
         for block in self.blocks:
             block.reset_sums()
+        if self.ekfac is not None:
+            self.ekfac.clear()
 
     def on_restore(self) -> None:
         """After a rejected update: raise damping tenfold, forget momentum, re-invert."""
