@@ -429,7 +429,7 @@ def test_cuda_interrupted_fit_restores_and_continues(regression_data, solver, ho
         reg.partial_fit(X, y) if how == "partial_fit" else reg.fit(X, y)
     assert_same_state(reg, state, X)
     reg.set_params(callbacks=None).partial_fit(X, y)
-    assert reg.n_updates_ > state["n_updates"] and reg.model_[0].weight.is_cuda
+    assert reg.n_updates_ > state["n_updates_"] and reg.model_[0].weight.is_cuda
 
 
 @NEEDS_CUDA

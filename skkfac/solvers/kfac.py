@@ -540,7 +540,7 @@ class KFAC(Solver, torch.optim.Optimizer):
             return
         published = self.__dict__.get("_published_flag")
         host = (published[0] if published is not None
-                else torch.empty((), dtype=torch.bool, pin_memory=True))
+                else torch.empty((), dtype=torch.bool, device="cpu", pin_memory=True))
         host.copy_(flag, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
