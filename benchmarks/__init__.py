@@ -8,9 +8,8 @@ options and default budgets):
 ``quick``            every experiment end to end on scikit-learn's digits with tiny
                      budgets (``make bench``); ends by listing the report and figures
 ``tune``             Bayesian optimisation of each solver over :mod:`skkfac.search`'s
-                     spaces (widened where earlier best trials sat at an edge), each
-                     trial trained for a fixed ``max_time`` and scored on a fixed
-                     validation split; resumable
+                     spaces, each trial trained for a fixed ``max_time`` and scored on
+                     a fixed validation split; resumable
 ``compare``          retrain each solver's best configurations with several seeds:
                      held-out and training loss (median and spread), time to target,
                      floor and budget rules, a verdict that says "no winner" when the

@@ -219,15 +219,15 @@ def _load_note(folder: Path) -> str:
 
 
 def _stale_spaces(folder: Path) -> list[str]:
-    """Solvers whose recorded search space differs from today's (``benchmark_space``)."""
-    from benchmarks.tune import benchmark_space
+    """Solvers whose recorded search space differs from today's (``search_space``)."""
+    from skkfac.search import search_space
 
     stale = []
     for solver in _solvers_in(folder):
         settings = read_settings(folder / f"tune_{solver}.json")
         if not settings.get("space"):
             continue
-        current = benchmark_space(solver, int(settings.get("n_train", 10**9)))
+        current = search_space(solver, int(settings.get("n_train", 10**9)))
         if {k: repr(v) for k, v in current.items()} != settings["space"]:
             stale.append(label(solver))
     return stale

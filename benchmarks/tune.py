@@ -3,9 +3,9 @@
 Every trial trains the problem's estimator for a fixed ``max_time`` on the training
 split and scores it on the fixed validation split (:func:`run_trial`, one function per
 trial, so that trials can be farmed out); ``repeats`` trainings with different seeds are
-averaged, as the study did. The search space is :func:`skkfac.search.search_space`,
-widened where the earlier searches' best trials sat at an edge (:data:`WIDER_RANGES`,
-:func:`benchmark_space`); the widened space is recorded with the trials.
+averaged, as the study did. The search space is :func:`skkfac.search.search_space`
+(its ranges already widened where earlier searches' best trials sat at an edge); the
+space is recorded with the trials.
 
 Why an ask/tell loop and not ``BayesSearchCV``. ``skopt.BayesSearchCV`` works with
 scikit-learn 1.9 and our estimators unchanged (``tests/test_benchmarks.py`` checks it),
@@ -39,42 +39,9 @@ from benchmarks.records import CsvLog, check_settings, log
 from benchmarks.solvers import registered_solvers
 from skkfac.search import search_space
 
-#: Ranges the benchmark searches beyond ``skkfac.search``'s, where the best trials of
-#: the earlier searches (20 s budgets) sat at an edge: ``(low, high)``, None keeps the
-#: library's end. A range only ever widens (the union with the library's is used).
-WIDER_RANGES = {
-    "sgd": {"learning_rate_init": (1e-4, None), "batch_size": (16, None),
-            "momentum": (None, 0.999)},
-    "kfac": {"learning_rate_init": (None, 3.0), "momentum_rate": (None, 3.0),
-             "momentum_max": (None, 0.99), "damping": (None, 3.0)},
-    # On the CIFAR-10 network (3072-3000-...-250-10, tanh) Adam at 1e-3 collapses to the
-    # constant predictor (loss ln 10) while 1e-4 learns: room below the library's 1e-4.
-    "adam": {"learning_rate_init": (1e-5, None)},
-}
 RESULT_COLUMNS = ["val_loss", "val_loss_std", "val_losses", "val_accuracy", "objective",
                   "train_time", "n_updates", "stop_reason", "seeds", "wall_seconds",
                   "load_avg", "finished_at"]
-
-
-def benchmark_space(solver: str, n_samples=None) -> dict:
-    """``skkfac.search.search_space(solver, n_samples)`` widened by :data:`WIDER_RANGES`."""
-    from skopt.space import Integer
-
-    space = search_space(solver, n_samples)
-    for name, (low, high) in WIDER_RANGES.get(solver, {}).items():
-        dimension = space.get(name)
-        if dimension is None:
-            continue
-        old_low, old_high = dimension.bounds
-        if name == "batch_size" and n_samples is not None and old_high < (low or 0) * 8:
-            continue  # small data: the library already shrank the range to fit
-        new_low = old_low if low is None else min(old_low, low)
-        new_high = old_high if high is None else max(old_high, high)
-        kind = type(dimension)
-        if kind is Integer:
-            new_low, new_high = int(new_low), int(new_high)
-        space[name] = kind(new_low, new_high, prior=dimension.prior, name=name)
-    return space
 
 
 def tune_csv(out_dir, solver) -> Path:
@@ -278,7 +245,7 @@ def run_tune(problem, data, out_dir, budget, *, solvers=None, seed: int = 0,
     for solver in solvers:
         # The optimiser's seed depends on the solver, not on which solvers run together.
         index = every.index(solver) if solver in every else len(every)
-        space = benchmark_space(solver, n_samples=len(data.X_train))
+        space = search_space(solver, n_samples=len(data.X_train))
         csv_log = CsvLog(tune_csv(out_dir, solver), tune_columns(space))
         if fresh:
             csv_log.remove()
@@ -329,7 +296,7 @@ def best_configs(out_dir, solver: str, k: int):
 
 def params_of(row, solver: str) -> dict:
     """The estimator parameters of a trial row (the search space's keys)."""
-    space = benchmark_space(solver)
+    space = search_space(solver)
     out = {}
     for name, dimension in space.items():
         if name in row and not (isinstance(row[name], float) and math.isnan(row[name])):

@@ -147,6 +147,15 @@ def test_search_spaces_cover_every_registered_solver():
         search_space("lbfgs")
 
 
+@pytest.mark.parametrize("solver", sorted(SEARCH_SPACES))
+def test_every_search_range_end_is_a_valid_estimator_parameter(solver):
+    # The ranges are declared once, in skkfac.search; both ends must pass the estimators'
+    # own parameter validation (e.g. momentum stays below 1 at 0.999).
+    for name, dimension in search_space(solver).items():
+        for end in dimension.bounds:
+            KFACRegressor(solver=solver, **{name: end})._validate_params()
+
+
 @pytest.mark.parametrize("solver, step_size, momentum", [
     ("sgd", 0.01, 0.9), ("adam", 0.001, math.nan)])
 def test_history_records_the_step_reports(solver, step_size, momentum):

@@ -40,36 +40,36 @@ def test_search_spaces_cover_the_useful_ranges_and_cap_batch_size():
     assert set(kfac) == {"learning_rate_init", "batch_size", "momentum_rate", "momentum_max",
                          "damping"}
     assert kfac["batch_size"].bounds == (250, 8000)
-    assert kfac["learning_rate_init"].bounds == (0.2, 1.5)  # around the adaptive optimum
+    assert kfac["learning_rate_init"].bounds == (0.2, 3.0)  # around the adaptive optimum
     assert kfac["learning_rate_init"].prior == "log-uniform"
     assert kfac["damping"].prior == "log-uniform"
     sgd = sgd_search_space(n_samples=1000)
     assert set(sgd) == {"learning_rate_init", "batch_size", "momentum"}
-    assert sgd["batch_size"].bounds == (32, 1000)
-    assert sgd["momentum"].bounds == (0.1, 0.99)
+    assert sgd["batch_size"].bounds == (16, 1000)
+    assert sgd["momentum"].bounds == (0.1, 0.999)
     small = kfac_search_space(n_samples=100)  # smaller than the lower end
     low, high = small["batch_size"].bounds
     assert 1 <= low < high == 100
-    assert search_space("sgd", 500)["batch_size"].bounds == (32, 500)
+    assert search_space("sgd", 500)["batch_size"].bounds == (16, 500)
+    assert search_space("sgd", 100)["batch_size"].bounds == (16, 100)
+    assert search_space("sgd", 10)["batch_size"].bounds == (1, 10)  # below the lower end
     with pytest.raises(ValueError):
         search_space("no-such-solver")
     with pytest.raises(ValueError):
         sgd_search_space(n_samples=1)
 
 
-def test_benchmark_space_only_widens_the_library_ranges():
-    for solver in registered_solvers():
-        library = search_space(solver, 50000)
-        wide = tune.benchmark_space(solver, 50000)
-        assert set(wide) == set(library)
-        for name, dimension in wide.items():
-            low, high = dimension.bounds
-            assert low <= library[name].bounds[0] and high >= library[name].bounds[1]
-            assert dimension.prior == library[name].prior
-    assert tune.benchmark_space("sgd", 50000)["momentum"].bounds[1] == 0.999
-    assert tune.benchmark_space("kfac", 50000)["learning_rate_init"].bounds[1] == 3.0
-    # Small data: the batch-size range stays inside the data.
-    assert tune.benchmark_space("sgd", 100)["batch_size"].bounds[1] == 100
+def test_search_spaces_include_the_ends_the_benchmark_searches_reached():
+    # Earlier benchmark searches put their best trials at these ends' former values.
+    space = {solver: search_space(solver, 50000) for solver in registered_solvers()}
+    assert space["sgd"]["learning_rate_init"].bounds[0] == 1e-4
+    assert space["sgd"]["batch_size"].bounds[0] == 16
+    assert space["sgd"]["momentum"].bounds[1] == 0.999
+    assert space["kfac"]["learning_rate_init"].bounds[1] == 3.0
+    assert space["kfac"]["momentum_rate"].bounds[1] == 3.0
+    assert space["kfac"]["momentum_max"].bounds[1] == 0.99
+    assert space["kfac"]["damping"].bounds[1] == 3.0
+    assert space["adam"]["learning_rate_init"].bounds[0] == 1e-5
 
 
 def test_solver_list_comes_from_the_registry():
@@ -480,7 +480,13 @@ def test_quick_path_end_to_end(tmp_path, capsys):
     assert set(points.loc[points["experiment"] == "fig2_time", "solver"]) == set(solvers)
     assert set(points.loc[points["experiment"] == "fig4_time", "solver"]) == {"kfac"}
     assert (tmp_path / "time_budget" / "time_budget.txt").is_file()
+    for solver in solvers:  # each search records the space it used: the library's
+        settings = records.read_settings(folder / f"tune_{solver}.json")
+        assert settings["space"] == {name: repr(dimension) for name, dimension in
+                                     search_space(solver, settings["n_train"]).items()}
+        assert set(pd.read_csv(folder / f"tune_{solver}.csv")) >= set(settings["space"])
     report_text = (tmp_path / "REPORT.md").read_text()
+    assert "another search space" not in report_text
     assert "digits/compare_loss.png" in report_text and "verdict on the held-out loss" \
         in report_text and "time to target" in report_text and "budget rule" in report_text
     output = capsys.readouterr().out

@@ -1054,6 +1054,42 @@ def test_cifar_and_ct_download_from_file_url(tmp_path, monkeypatch):
     assert (tmp_path / "home" / "ct_slices" / "slice_localization_data.zip").is_file()
 
 
+# A fresh interpreter in which ``import pooch`` fails, as on a machine without pooch.
+_WITHOUT_POOCH = """
+import sys
+sys.modules["pooch"] = None  # any 'import pooch' now raises ModuleNotFoundError
+from pathlib import Path
+from skkfac.datasets import _download, load_cifar10, load_mnist
+home = Path(sys.argv[1])
+for load in (load_mnist, load_cifar10):
+    first, again = load(home), load(home)  # checksums verified, cache written and reused
+    assert "verified against" in first.DESCR and again.from_cache, load.__name__
+    print(load.__name__, first.X_train.shape, again.X_train.shape)
+try:
+    _download.fetch(home / "download", "mnist/t10k-labels-idx1-ubyte.gz", ["file:///x"])
+except ModuleNotFoundError as error:
+    print("download needs", error.name)
+"""
+
+
+def test_local_files_load_and_verify_without_pooch(tmp_path):
+    make_mnist(tmp_path, sums=True)
+    folder = tmp_path / "cifar10"
+    folder.mkdir()
+    *_, blobs = make_cifar_batches(tmp_path / "src")
+    archive = tar_gz(folder / "cifar-10-python.tar.gz",
+                     {f"cifar-10-batches-py/{n}": b for n, b in blobs.items()})
+    write_sums(folder, {archive.name: sha(archive.read_bytes())})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_POOCH, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["load_mnist (5, 784) (5, 784)",
+                                        "load_cifar10 (10, 3072) (10, 3072)",
+                                        "download needs pooch"]
+
+
 def test_public_names():
     for name in ("load_mnist", "load_cifar10", "load_ct_slices", "load_uci_regression",
                  "get_data_home", "get_cache_home", "DatasetNotFoundError"):

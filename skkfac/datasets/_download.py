@@ -11,6 +11,9 @@ overwritten (pooch's updates are disabled).
 mirror, or the tests) are copied by :func:`copy_local_file`, a downloader with pooch's
 calling convention. The loaders read ``.gz``, ``.tar.gz`` and ``.zip`` files in place,
 so pooch's unpacking processors are not used: they would only duplicate the data on disk.
+
+pooch is imported inside the functions that download, so that importing
+:mod:`skkfac.datasets` and loading local files work where pooch is not installed.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import pooch
 
 from skkfac.datasets._base import ensure_writable_dir
 
@@ -73,6 +74,8 @@ def copy_local_file(url: str, output_file, pooch_instance=None) -> None:
 def _downloader(url: str, check: Callable[[Path], None] | None):
     """The pooch downloader for ``url``; ``check`` runs on the complete temporary file,
     so a file that fails it is deleted by pooch before it ever gets its final name."""
+    import pooch
+
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme == "file":
         base = copy_local_file
@@ -120,6 +123,8 @@ def fetch(data_home: Path, key: str, urls: Sequence[str], *,
         If no URL yields a file with the registered digest (the message lists each URL
         with its error and says where to put the file by hand).
     """
+    import pooch
+
     data_home = Path(data_home)
     dest = data_home / key
     ensure_writable_dir(dest.parent)
