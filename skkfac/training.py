@@ -167,8 +167,7 @@ class Trainer:
                 pending_loss += solver.accumulate(X_batch, y_batch)
                 progress.samples_seen += X_batch.shape[0]
                 if solver.n_accumulated >= config.update_size:
-                    batch_loss = float(pending_loss) / solver.n_accumulated
-                    count = solver.n_accumulated
+                    batch_loss, count = _batch_mean(solver, pending_loss)
                     pending_loss.zero_()
                     if not self._update(solver, progress, batch_loss):
                         progress.train_time = clock.elapsed
@@ -178,7 +177,7 @@ class Trainer:
                     self._window_loss += batch_loss * count
                     self._window_count += count
             progress.train_time = clock.elapsed
-            if config.max_time is not None and clock.elapsed >= config.max_time:
+            if config.max_time is not None and _slowest(solver, clock) >= config.max_time:
                 progress.stop_reason = "max_time"
                 return None
             if self._evaluation_due(progress):
@@ -269,3 +268,20 @@ class Trainer:
             progress.pending_loss = 0.0
         if progress.history[-1]["update"] != progress.n_updates or self._window_count:
             self._record(solver, progress)
+
+
+# -- data-parallel training: every rank must take the same decisions -----------------------
+def _batch_mean(solver, pending_loss: torch.Tensor) -> tuple[float, int]:
+    """Mean loss and size of the update's batch, over all ranks of a data-parallel solver."""
+    communicator = getattr(solver, "communicator", None)
+    if communicator is None or not communicator.active:
+        return float(pending_loss) / solver.n_accumulated, solver.n_accumulated
+    return communicator.global_mean(pending_loss, solver.n_accumulated)
+
+
+def _slowest(solver, clock: TrainingClock) -> float:
+    """Training seconds of the slowest rank, so that all ranks stop together on max_time."""
+    communicator = getattr(solver, "communicator", None)
+    if communicator is None or not communicator.active:
+        return clock.elapsed
+    return communicator.max(clock.elapsed)

@@ -25,6 +25,7 @@ import torch
 from torch.func import functional_call, jvp
 
 from skkfac.curvature import DAMPING_SCHEMES, STAT_DECAY_SCHEDULES, KroneckerBlock, stat_decay
+from skkfac.distributed import Communicator, compute_on_owners
 from skkfac.nn import sequential_jvp, supports_fast_jvp
 from skkfac.solvers.base import Solver
 
@@ -109,6 +110,17 @@ class KFAC(Solver, torch.optim.Optimizer):
         L2 penalty on the weights; also added to the damping.
     random_state : int or None
         Seed of the target sampling.
+    process_group : torch.distributed.ProcessGroup or None, default=None
+        Data-parallel training (:mod:`skkfac.distributed`): when ``torch.distributed``
+        is initialised with several ranks, each rank accumulates its share of every
+        batch and ``step`` reduces gradients, Kronecker statistics, the quadratic
+        model's scalars and the curvature losses over this group (``None``: the default
+        group), so every rank makes the update of the whole batch. Gradients are not
+        reduced again when ``model`` is a ``DistributedDataParallel``. Ignored in a
+        single process.
+    distribute_inverses : bool, default=True
+        In a process group: invert each layer's factors on one rank
+        (``layer mod world_size``) and broadcast; ``False``: every rank inverts all.
 
     Examples
     --------
@@ -137,7 +149,15 @@ class KFAC(Solver, torch.optim.Optimizer):
                  momentum_rate=1.0,
                  momentum_max=0.6, momentum=None, inv_update_freq=10, fisher="sampled",
                  curvature_batch_size=256, rejection_ratio=2.0, alpha=0.0,
-                 random_state=None):
+                 random_state=None, process_group=None, distribute_inverses=True):
+        # data-parallel: a DistributedDataParallel wrapper only runs accumulate's
+        # forward/backward (it averages the gradients); K-FAC's own forward passes use
+        # the wrapped network, outside DDP's bookkeeping.
+        self._train_model = model
+        self._gradients_averaged = isinstance(
+            model, torch.nn.parallel.DistributedDataParallel)
+        if self._gradients_averaged:
+            model = model.module
         Solver.__init__(self, model, loss, alpha=alpha)
         if damping_scheme not in DAMPING_SCHEMES:
             raise ValueError(f"damping_scheme must be one of {sorted(DAMPING_SCHEMES)}, "
@@ -174,10 +194,16 @@ class KFAC(Solver, torch.optim.Optimizer):
         self._curvature_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._fast_jvp = supports_fast_jvp(model)
         self.n_rejected_steps = 0
+        self.communicator = Communicator(process_group)
+        self.distribute_inverses = bool(distribute_inverses)
+        if self.communicator.active:
+            self._join_process_group()
 
     def __getstate__(self):
         # torch.Generator does not pickle: carry its device and state instead.
         state = self.__dict__.copy()
+        if state["_train_model"] is not self.model:  # a DDP wrapper holds a process group
+            state["_train_model"] = self.model
         state["generator"] = (str(self.generator.device), self.generator.get_state())
         return state
 
@@ -259,7 +285,7 @@ class KFAC(Solver, torch.optim.Optimizer):
             0, min(X.shape[0], limit - self.n_curvature_examples))
         with self._phase("forward_backward"):
             with self._capture_layers() as (inputs, outputs):
-                output = self.model(X)
+                output = self._train_model(X)
             loss_sum = self.loss.per_example(output, y).sum()
         if n_curvature == X.shape[0]:
             with self._phase("statistics"):
@@ -288,8 +314,16 @@ class KFAC(Solver, torch.optim.Optimizer):
 
     def _refresh_inverses(self, damping: float) -> None:
         scheme = DAMPING_SCHEMES[self.hyper["damping_scheme"]]
-        for block in self.blocks:
-            block.inverse = scheme(block.A, block.G, damping)
+        if self.communicator.active and self.distribute_inverses:
+            inverses = compute_on_owners(
+                self.communicator, len(self.blocks),
+                lambda i: scheme(self.blocks[i].A, self.blocks[i].G, damping),
+                self.params[0].device)
+            for block, inverse in zip(self.blocks, inverses):
+                block.inverse = inverse
+        else:
+            for block in self.blocks:
+                block.inverse = scheme(block.A, block.G, damping)
         self.hyper["inverse_damping"] = damping
 
     def _needs_inverse_refresh(self, k: int, damping: float) -> bool:
@@ -308,6 +342,8 @@ class KFAC(Solver, torch.optim.Optimizer):
             raise ValueError("KFAC.step takes no closure: call accumulate(X, y) first.")
         if self.n_accumulated == 0:
             return
+        with self._phase("update"):
+            self._reduce_accumulated()
         hyper = self.hyper
         hyper["step"] += 1
         k = hyper["step"]
@@ -359,7 +395,8 @@ class KFAC(Solver, torch.optim.Optimizer):
 
     def _curvature_loss(self) -> torch.Tensor:
         X, y = self._curvature_batch()
-        return self.loss.per_example(self.model(X), y).mean()
+        return self.communicator.weighted_mean(
+            self.loss.per_example(self.model(X), y).mean(), X.shape[0])
 
     def _curvature_scale(self) -> float:
         """Mean over layers of the average eigenvalue ``(tr A/dim A)(tr G/dim G)``."""
@@ -487,6 +524,10 @@ class KFAC(Solver, torch.optim.Optimizer):
         matrix = torch.stack([torch.stack([entries[i, j] for j in range(n)])
                               for i in range(n)]).double()
         loss_before = self.loss.per_example(output, y).mean()
+        if self.communicator.active:  # means over every rank's curvature batch
+            both = self.communicator.weighted_mean(
+                torch.cat([matrix.reshape(-1), loss_before.double().reshape(1)]), X.shape[0])
+            matrix, loss_before = both[:-1].view(n, n), both[-1].to(loss_before.dtype)
         return matrix, linear, loss_before
 
     def _adapt_damping(self, predicted_change, loss_before, loss_after: float) -> None:
@@ -518,3 +559,31 @@ class KFAC(Solver, torch.optim.Optimizer):
             self.state[layer.weight].pop("momentum_buffer", None)
             self.state[layer.weight].pop("previous_step", None)
         hyper["inverse_damping"] = None
+
+    # -- data-parallel training (skkfac.distributed) ---------------------------------------
+    def _join_process_group(self) -> None:
+        """Start from rank 0's weights; draw different sampled targets on every rank."""
+        comm = self.communicator
+        if not self._gradients_averaged:  # DDP has broadcast the weights already
+            with torch.no_grad():
+                comm.broadcast([p.data for p in self.params], src=0)
+        seed = int(self.generator.initial_seed())
+        self.generator.manual_seed((seed + 7919 * comm.rank) % 2**63)
+
+    def _reduce_accumulated(self) -> None:
+        """Sum every rank's gradients, factor sums and example counts (one all-reduce)."""
+        comm = self.communicator
+        if not comm.active:
+            return
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        counts = torch.tensor([self.n_accumulated, self.n_curvature_examples],
+                              dtype=self.params[0].dtype, device=self.params[0].device)
+        gradients = [] if self._gradients_averaged else [p.grad for p in self.params]
+        comm.all_reduce([*gradients, counts,
+                         *(t for block in self.blocks for t in (block.A_sum, block.G_sum))])
+        if self._gradients_averaged:  # DDP's mean of the ranks' sums → their sum
+            for p in self.params:
+                p.grad.mul_(comm.world_size)
+        self.n_accumulated, self.n_curvature_examples = (round(float(c)) for c in counts)

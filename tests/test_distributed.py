@@ -1,0 +1,154 @@
+"""Data-parallel K-FAC: 2 gloo ranks on half a batch each = 1 process on the whole batch."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from skkfac import KFAC, KFACRegressor
+from skkfac.distributed import Communicator, fit_data_parallel, shard_indices
+from skkfac.nn import build_mlp
+
+BATCH, N_UPDATES = 24, 6
+SETTINGS = dict(fisher="exact", curvature_batch_size=None, adaptive_step=True,
+                adapt_damping=True, damping_adapt_interval=1, inv_update_freq=2,
+                damping=0.05, random_state=0)
+#: name -> (KFAC options, wrap the model in DistributedDataParallel)
+CASES = {
+    "tikhonov, inverses shared out": (dict(damping_scheme="tikhonov"), False),
+    "eigen, inverses shared out": (dict(damping_scheme="eigen"), False),
+    "tikhonov, inverses on every rank": (dict(damping_scheme="tikhonov",
+                                              distribute_inverses=False), False),
+    "tikhonov, DistributedDataParallel": (dict(damping_scheme="tikhonov"), True),
+}
+
+
+def batches():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(BATCH, 5, generator=g, dtype=torch.float64),
+             torch.randn(BATCH, 3, generator=g, dtype=torch.float64))
+            for _ in range(N_UPDATES)]
+
+
+def train(options: dict, ddp: bool, rows) -> list[dict]:
+    """Weights and decisions after each update, accumulating ``rows`` of every batch."""
+    model = build_mlp(5, (8, 6), 3, "tanh", generator=torch.Generator().manual_seed(0),
+                      dtype=torch.float64)
+    trained = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    opt = KFAC(trained, "squared_error", **SETTINGS, **options)
+    history = []
+    for X, y in batches():
+        X, y = X[rows], y[rows]
+        half = len(X) // 2
+        opt.accumulate(X[:half], y[:half])  # two micro-batches per update
+        opt.accumulate(X[half:], y[half:])
+        opt.step()
+        history.append(dict(weights=[p.detach().clone() for p in model.parameters()],
+                            damping=opt.hyper["damping"], rho=opt.last_rho,
+                            coefficients=opt.last_coefficients.clone(),
+                            rejected=opt.n_rejected_steps))
+    return history
+
+
+def _rank(rank, world_size, init_file, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world_size)
+    try:
+        share = BATCH // world_size
+        rows = slice(rank * share, (rank + 1) * share)
+        results = {name: train(options, ddp, rows) for name, (options, ddp) in CASES.items()}
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(world_size=2):
+    with tempfile.TemporaryDirectory() as folder:
+        mp.start_processes(_rank, nprocs=world_size, start_method="spawn",
+                           args=(world_size, os.path.join(folder, "init"), folder))
+        return [torch.load(Path(folder) / f"rank{r}.pt") for r in range(world_size)]
+
+
+def test_two_ranks_make_the_updates_of_one_process_on_the_whole_batch():
+    ranks = run_ranks()
+    for name, (options, _) in CASES.items():
+        reference = train(options, False, slice(None))
+        adapted = {step["damping"] for step in reference}
+        assert len(adapted) > 2, "damping adaptation must take part"
+        for rank in ranks:
+            for mine, expected in zip(rank[name], reference):
+                for a, b in zip(mine["weights"], expected["weights"]):
+                    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+                assert mine["damping"] == pytest.approx(expected["damping"], rel=1e-10)
+                assert mine["rho"] == pytest.approx(expected["rho"], rel=1e-8)
+                torch.testing.assert_close(mine["coefficients"], expected["coefficients"],
+                                           rtol=1e-9, atol=1e-12)
+                assert mine["rejected"] == expected["rejected"]
+        # The ranks hold bit-identical weights: every decision was taken together.
+        for a, b in zip(ranks[0][name][-1]["weights"], ranks[1][name][-1]["weights"]):
+            assert torch.equal(a, b)
+
+
+def test_communicator_is_inactive_in_a_single_process():
+    comm = Communicator()
+    assert not comm.active and comm.world_size == 1
+    values = torch.tensor([1.0, 2.0])
+    assert comm.weighted_mean(values, 5) is values
+    assert comm.global_mean(torch.tensor(6.0), 3) == (2.0, 3)
+    opt = KFAC(build_mlp(2, (), 1), "squared_error")
+    assert not opt.communicator.active
+
+
+def test_shards_have_equal_sizes_and_cover_the_rows():
+    shards = [shard_indices(11, r, 3) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]
+    assert sorted(np.concatenate(shards)) == list(range(9))
+
+
+def regression_data(n=80):
+    rng = np.random.RandomState(0)
+    X = rng.randn(n, 4)
+    return X, np.tanh(X @ rng.randn(4, 2)) + 0.1 * rng.randn(n, 2)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_fit_data_parallel_equals_a_single_process_fit():
+    """Unshuffled, rank r's share of batch k are the rows r, r+2, ... of it: same fit."""
+    X, y = regression_data()
+    estimator = KFACRegressor(hidden_layer_sizes=(6,), batch_size=40, max_iter=3,
+                              shuffle=False, fisher="exact", curvature_batch_size=None,
+                              dtype="float64", random_state=0, device="cpu")
+    parallel = fit_data_parallel(estimator, X, y, n_processes=2)
+    single = KFACRegressor(**estimator.get_params()).fit(X, y)
+    assert parallel.batch_size == 40 and not hasattr(estimator, "model_")
+    assert parallel.n_updates_ == single.n_updates_ == 6
+    np.testing.assert_allclose(parallel.loss_curve_, single.loss_curve_, rtol=1e-10)
+    np.testing.assert_allclose(parallel.predict(X), single.predict(X), rtol=1e-9,
+                               atol=1e-12)
+
+
+def test_fit_data_parallel_ranks_stop_together_on_max_time():
+    X, y = regression_data(400)
+    estimator = KFACRegressor(hidden_layer_sizes=(16,), batch_size=40, max_iter=10**6,
+                              tol=0.0, n_iter_no_change=10**6, max_time=1.0,
+                              random_state=0, device="cpu")
+    fitted = fit_data_parallel(estimator, X, y, n_processes=2)
+    assert fitted.stop_reason_ == "max_time"
+    assert 1.0 <= fitted.train_time_ < 5.0
+    assert fitted.score(X, y) > 0.5
+
+
+def test_fit_data_parallel_rejects_what_it_cannot_do():
+    X, y = regression_data()
+    with pytest.raises(ValueError, match="solver='kfac'"):
+        fit_data_parallel(KFACRegressor(solver="sgd"), X, y)
+    with pytest.raises(ValueError, match="multiple of n_processes"):
+        fit_data_parallel(KFACRegressor(batch_size=41), X, y)
+    with pytest.raises(ValueError, match="early_stopping"):
+        fit_data_parallel(KFACRegressor(early_stopping=True), X, y)
