@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.server
 import io
 import os
 import pickle
 import re
+import socket
 import stat
 import struct
+import subprocess
+import sys
 import tarfile
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -39,7 +45,12 @@ from skkfac.datasets import (
     load_mnist,
     load_uci_regression,
 )
-from skkfac.datasets._base import split_indices
+from skkfac.datasets._base import (
+    STALE_PART_SECONDS,
+    atomic_output,
+    remove_stale_parts,
+    split_indices,
+)
 
 REAL_DATA = Path(os.environ.get("SKKFAC_DATA") or "/work/shared/data")
 CLASSES = _cifar10.CIFAR10_CLASSES
@@ -266,6 +277,96 @@ def test_corrupt_cache_is_rebuilt(tmp_path):
     data = load_mnist(tmp_path)
     assert data.from_cache is False and data.X_train.shape == (5, 784)
     assert load_mnist(tmp_path).from_cache is True
+
+
+def rewrite_npz(path: Path, change) -> None:
+    """Rewrite a cache with ``change(arrays)`` applied, keeping its metadata as it was."""
+    with np.load(path) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    change(arrays)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize("change", [
+    lambda a: a.pop("y_test"),                                    # was KeyError: 'y_test'
+    lambda a: a.update(y_test=a["y_test"][:-1]),                  # shape differs
+    lambda a: a.update(X_train=a["X_train"].astype(np.float64)),  # dtype differs
+], ids=["missing", "shape", "dtype"])
+def test_cache_with_valid_metadata_but_bad_arrays_is_rebuilt(tmp_path, change):
+    arrays, _ = make_mnist(tmp_path)
+    path = Path(load_mnist(tmp_path).cache_path)
+    rewrite_npz(path, change)
+    data = load_mnist(tmp_path)
+    assert data.from_cache is False and data.cache_path == str(path)
+    np.testing.assert_array_equal(data.y_test, arrays["t10k-labels-idx1-ubyte"])
+    assert data.X_train.shape == (5, 784) and data.X_train.dtype == np.float32
+    assert load_mnist(tmp_path).from_cache is True  # the rewritten cache is whole again
+
+
+def test_cache_with_corrupt_array_bytes_is_rebuilt(tmp_path):
+    make_mnist(tmp_path)
+    path = Path(load_mnist(tmp_path).cache_path)
+    blob = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:  # np.savez stores members uncompressed
+        info = zf.getinfo("X_train.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    blob[start + info.file_size - 5] ^= 0xFF  # one pixel byte: the member's CRC fails
+    path.write_bytes(bytes(blob))
+    data = load_mnist(tmp_path)
+    assert data.from_cache is False
+    assert load_mnist(tmp_path).from_cache is True
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+import numpy as np
+from skkfac.datasets import load_mnist
+
+def savez_then_die(file, **arrays):
+    file.write(b"half a cache" * 1000)
+    file.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+np.savez = savez_then_die
+load_mnist(sys.argv[1])
+"""
+
+
+def test_partial_cache_of_a_killed_writer_is_removed(tmp_path):
+    make_mnist(tmp_path)
+    folder = tmp_path / "mnist"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], env=env,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    parts = list(folder.glob(".mnist_cache.npz.*.part"))
+    assert len(parts) == 1 and parts[0].stat().st_size > 0  # what the kill left behind
+    assert not (folder / "mnist_cache.npz").exists()
+
+    data = load_mnist(tmp_path)  # the next run
+    assert data.from_cache is False and Path(data.cache_path) == folder / "mnist_cache.npz"
+    assert not parts[0].exists()
+    assert not list(folder.glob("*.part"))
+    assert load_mnist(tmp_path).from_cache is True
+
+
+def test_partial_cache_of_a_live_writer_is_kept_until_it_is_old(tmp_path):
+    make_mnist(tmp_path)
+    target = tmp_path / "mnist" / "mnist_cache.npz"
+    writer = atomic_output(target)  # this process is alive: its file is in progress
+    writer.__enter__().write(b"in progress")
+    assert load_mnist(tmp_path).from_cache is False
+    assert writer.tmp_path.exists()
+    writer.__exit__(RuntimeError, RuntimeError("gave up"), None)  # a failing writer
+    assert not writer.tmp_path.exists()  # cleans up after itself
+    elsewhere = target.parent / f".{target.name}.0123abcd-1.xyz.part"  # another host
+    elsewhere.write_bytes(b"x")
+    assert remove_stale_parts(target) == []
+    hour_ago = time.time() - STALE_PART_SECONDS - 60
+    os.utime(elsewhere, (hour_ago, hour_ago))
+    assert remove_stale_parts(target) == [elsewhere] and not elsewhere.exists()
 
 
 def test_cache_disabled_writes_nothing(tmp_path):
@@ -783,69 +884,134 @@ def test_uci_checksums_and_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------- downloads
+def register(monkeypatch, folder: str, blobs: dict) -> None:
+    """Make the download registry expect these fixture files (by name below ``folder``)."""
+    for name, blob in blobs.items():
+        monkeypatch.setitem(_download.REGISTRY, f"{folder}/{name}", sha(blob))
+
+
+def mnist_mirror(root: Path):
+    """A local MNIST mirror of gzipped fixture files; return its URL and the ``.gz`` bytes."""
+    make_mnist(root)
+    folder = root / "mnist"
+    return folder.as_uri() + "/", {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_registry_holds_the_canonical_digests():
+    downloadable = [f"mnist/{b}.gz" for b in _mnist.MNIST_FILES.values()]
+    downloadable += ["cifar10/cifar-10-python.tar.gz", "ct_slices/slice_localization_data.zip"]
+    assert sorted(_download.REGISTRY) == sorted(downloadable)
+    for key, digest in _download.REGISTRY.items():
+        if key.startswith("ct_slices/"):
+            assert digest is None  # UCI publishes none; the header is checked instead
+        else:
+            assert re.fullmatch(r"[0-9a-f]{64}", digest), key
+
+
 def test_mnist_download_from_file_url(tmp_path, monkeypatch):
-    _, raw = make_mnist(tmp_path / "mirror")
-    mirror = (tmp_path / "mirror" / "mnist").as_uri() + "/"
+    mirror, blobs = mnist_mirror(tmp_path / "mirror")
+    register(monkeypatch, "mnist", blobs)
     monkeypatch.setattr(_mnist, "MNIST_URLS", ["file:///nonexistent/dir/", mirror])
-    monkeypatch.setattr(_mnist, "MNIST_SHA256", {b: sha(r) for b, r in raw.items()})
     data = load_mnist(tmp_path / "home", download=True, cache=False)
     assert data.X_train.shape == (5, 784)
-    assert sorted(p.name for p in (tmp_path / "home" / "mnist").iterdir()) == sorted(
-        f"{b}.gz" for b in raw)
+    folder = tmp_path / "home" / "mnist"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(blobs)  # no temporary files
+    assert all((folder / name).read_bytes() == blob for name, blob in blobs.items())
 
 
-def test_mnist_download_rejects_wrong_content(tmp_path, monkeypatch):
-    make_mnist(tmp_path / "mirror")
-    monkeypatch.setattr(_mnist, "MNIST_URLS", [(tmp_path / "mirror" / "mnist").as_uri() + "/"])
-    monkeypatch.setattr(_mnist, "MNIST_SHA256", {b: "0" * 64 for b in _mnist.MNIST_FILES.values()})
-    with pytest.raises(DownloadError, match="decompresses to SHA-256"):
+def test_download_hash_mismatch_leaves_nothing(tmp_path, monkeypatch):
+    mirror, blobs = mnist_mirror(tmp_path / "mirror")
+    register(monkeypatch, "mnist", blobs)
+    victim = "t10k-labels-idx1-ubyte.gz"
+    monkeypatch.setitem(_download.REGISTRY, f"mnist/{victim}", "0" * 64)
+    monkeypatch.setattr(_mnist, "MNIST_URLS", [mirror])
+    with pytest.raises(DownloadError) as info:
         load_mnist(tmp_path / "home", download=True)
+    msg = str(info.value)
+    assert "does not match the known hash" in msg and "0" * 64 in msg
+    assert sha(blobs[victim]) in msg
+    dest = tmp_path / "home" / "mnist" / victim
+    assert f"place it at {dest} (SHA-256 {'0' * 64})" in msg
+    # the files before it in the download order arrived; the bad one left no trace
+    assert sorted(p.name for p in dest.parent.iterdir()) == sorted(set(blobs) - {victim})
+
+
+def test_download_unreachable_says_where_to_put_the_file(tmp_path, monkeypatch):
+    url = f"http://127.0.0.1:{closed_port()}/mnist/"
+    monkeypatch.setattr(_mnist, "MNIST_URLS", ["file:///nonexistent/dir/", url])
+    with pytest.raises(DownloadError) as info:
+        load_mnist(tmp_path / "home", download=True)
+    msg = str(info.value)
+    name = "train-images-idx3-ubyte.gz"
+    assert f"file:///nonexistent/dir/{name}: FileNotFoundError" in msg
+    assert f"{url}{name}: ConnectionError" in msg
+    assert f"place it at {tmp_path / 'home' / 'mnist' / name}" in msg
+    assert _download.REGISTRY[f"mnist/{name}"] in msg  # the digest the file must have
     assert list((tmp_path / "home" / "mnist").iterdir()) == []
 
 
-class _FlakyResponse:
-    """A response that delivers some bytes, then drops the connection."""
+class _FixtureServer(http.server.ThreadingHTTPServer):
+    """Serves ``files`` (path -> bytes) on 127.0.0.1; paths under ``/cut/`` announce the
+    full length but send only half of the bytes, then close the connection."""
 
-    def __init__(self, blob: bytes, fail_after: int, announce: int | None = None):
-        self._buf = io.BytesIO(blob[:fail_after])
-        self._fail = fail_after < len(blob)
-        self.headers = {} if announce is None else {"Content-Length": str(announce)}
-
-    def read(self, n=-1):
-        block = self._buf.read(min(n, 7))
-        if not block and self._fail:
-            raise ConnectionResetError("connection reset by peer (simulated)")
-        return block
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    def __init__(self, files: dict):
+        self.files = files
+        super().__init__(("127.0.0.1", 0), _FixtureHandler)
 
 
-@pytest.mark.parametrize("mode", ["reset", "short"])
-def test_download_failure_leaves_nothing(tmp_path, monkeypatch, mode):
-    blob = bytes(range(256)) * 40
-    dest = tmp_path / "dl" / "file.bin"
+class _FixtureHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # the name http.server calls
+        cut = self.path.startswith("/cut/")
+        blob = self.server.files.get(self.path.removeprefix("/cut"))
+        if blob is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(blob)))
+        self.end_headers()
+        self.wfile.write(blob[: len(blob) // 2] if cut else blob)
 
-    def opener(request, timeout):
-        if mode == "reset":
-            return _FlakyResponse(blob, fail_after=3000)
-        resp = _FlakyResponse(blob[:3000], fail_after=3000, announce=len(blob))
-        return resp
+    def log_message(self, *args):
+        pass
 
-    monkeypatch.setattr(_download, "urlopen", opener)
-    with pytest.raises(DownloadError) as info:
-        _download.download_file(["https://example.invalid/file.bin"], dest)
-    assert "example.invalid" in str(info.value)
-    assert not dest.exists()
-    assert list(dest.parent.iterdir()) == []  # no temporary/partial file either
 
-    monkeypatch.setattr(_download, "urlopen",
-                        lambda request, timeout: _FlakyResponse(blob, len(blob), len(blob)))
-    _download.download_file(["https://example.invalid/file.bin"], dest, sha256=sha(blob))
-    assert dest.read_bytes() == blob and list(dest.parent.iterdir()) == [dest]
+@pytest.fixture
+def http_mirror(monkeypatch):
+    """A local HTTP server (no proxy) and the base URL of what it serves."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    server = _FixtureServer({})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_download_interrupted_then_next_mirror(tmp_path, monkeypatch, http_mirror):
+    server, base = http_mirror
+    _, blobs = mnist_mirror(tmp_path / "mirror")
+    register(monkeypatch, "mnist", blobs)
+    server.files.update({f"/mnist/{name}": blob for name, blob in blobs.items()})
+    monkeypatch.setattr(_mnist, "MNIST_URLS", [f"{base}/cut/mnist/"])
+    with pytest.raises(DownloadError, match=re.escape("/cut/mnist/train-images-idx3-ubyte.gz")):
+        load_mnist(tmp_path / "home", download=True)
+    assert list((tmp_path / "home" / "mnist").iterdir()) == []  # no partial file
+
+    monkeypatch.setattr(_mnist, "MNIST_URLS", [f"{base}/cut/mnist/", f"{base}/missing/",
+                                               f"{base}/mnist/"])
+    data = load_mnist(tmp_path / "home", download=True, cache=False)
+    assert data.y_test.shape == (3,)
+    assert sorted(p.name for p in (tmp_path / "home" / "mnist").iterdir()) == sorted(blobs)
 
 
 def test_download_refuses_read_only_home(tmp_path):
@@ -865,14 +1031,20 @@ def test_cifar_and_ct_download_from_file_url(tmp_path, monkeypatch):
     archive = tar_gz(tmp_path / "src" / "cifar.tar.gz",
                      {f"cifar-10-batches-py/{n}": b for n, b in blobs.items()})
     monkeypatch.setattr(_cifar10, "CIFAR10_URL", archive.as_uri())
-    monkeypatch.setattr(_cifar10, "CIFAR10_SHA256", "9" * 64)
-    with pytest.raises(DownloadError, match="SHA-256 mismatch"):
-        load_cifar10(tmp_path / "home", download=True)
+    with pytest.raises(DownloadError, match="does not match the known hash"):
+        load_cifar10(tmp_path / "home", download=True)  # the canonical digest, not ours
     assert list((tmp_path / "home" / "cifar10").iterdir()) == []
-    monkeypatch.setattr(_cifar10, "CIFAR10_SHA256", sha(archive.read_bytes()))
+    register(monkeypatch, "cifar10", {"cifar-10-python.tar.gz": archive.read_bytes()})
     data = load_cifar10(tmp_path / "home", download=True, cache=False)
     assert data.layout == "batches-tar" and data.X_train.shape == (10, 3072)
 
+    bad = tmp_path / "src" / "bad.zip"  # no digest is known: the header is checked
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("slice_localization_data.csv", b"a,b,c\n1,2,3\n")
+    monkeypatch.setattr(_ct_slices, "CT_URL", bad.as_uri())
+    with pytest.raises(DownloadError, match="unexpected header"):
+        load_ct_slices(tmp_path / "home", download=True)
+    assert list((tmp_path / "home" / "ct_slices").iterdir()) == []
     zpath = tmp_path / "src" / "ct.zip"
     with zipfile.ZipFile(zpath, "w") as zf:
         zf.writestr("slice_localization_data.csv", ct_csv(*ct_table(20)))

@@ -17,9 +17,13 @@ read); image loaders also give ``feature_names``/``target_names``.
 =====================================  ==============================================
 
 Files are verified against a ``SHA256SUMS`` list in their folder when there is one.
-Nothing is downloaded unless ``download=True`` is passed (MNIST, CIFAR-10, CT slices).
+Nothing is downloaded unless ``download=True`` is passed (MNIST, CIFAR-10, CT slices);
+downloads go through :mod:`pooch`, are checked against the canonical SHA-256 digests
+and appear under their final name only when complete and verified.
 Decoded images are cached as ``.npz`` (next to the data, or under
-:func:`get_cache_home` when the data folder is read-only).
+:func:`get_cache_home` when the data folder is read-only); a cache that is incomplete or
+damaged is rebuilt, and partial cache files of a killed process are removed on the next
+load.
 """
 
 from skkfac.datasets._base import (

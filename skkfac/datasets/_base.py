@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import math
 import os
+import socket
 import stat
 import tempfile
+import time
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -182,11 +186,24 @@ def split_indices(n_samples: int, test_size, random_state):
     return perm[n_test:], perm[:n_test]
 
 
+#: A partial file untouched for this long is abandoned whoever wrote it (seconds).
+STALE_PART_SECONDS = 3600.0
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _part_prefix(target: Path) -> str:
+    return f".{target.name}."
+
+
 class atomic_output:
-    """Context manager writing a file atomically: a hidden temporary file in the target's
-    folder is yielded (opened ``"wb"``), flushed, fsync-ed and ``os.replace``-d onto the
-    target on success, and deleted on any exception, so no half-written target is ever
-    visible under its final name.
+    """Context manager writing a file atomically.
+
+    A hidden temporary file ``.<name>.<host>-<pid>.<random>.part`` in the target's folder
+    is yielded (opened ``"wb"``), flushed, fsync-ed and ``os.replace``-d onto the target
+    on success, and deleted on any exception, so no half-written target is ever visible
+    under its final name. A process killed while writing cannot delete its partial file;
+    the writer's host and process id in the name let :func:`remove_stale_parts` recognise
+    it later.
     """
 
     def __init__(self, target: Path):
@@ -196,7 +213,8 @@ class atomic_output:
 
     def __enter__(self):
         fd, name = tempfile.mkstemp(
-            prefix=f".{self.target.name}.", suffix=".part", dir=self.target.parent
+            prefix=f"{_part_prefix(self.target)}{_HOST_TAG}-{os.getpid()}.", suffix=".part",
+            dir=self.target.parent,
         )
         self._tmp = Path(name)
         self.tmp_path = self._tmp
@@ -218,3 +236,44 @@ class atomic_output:
                 self._tmp.unlink(missing_ok=True)
         return False
 
+
+def _writer_is_gone(part: Path, target: Path) -> bool:
+    """Whether the process that wrote ``part`` (named by :class:`atomic_output`) has ended."""
+    owner = part.name[len(_part_prefix(target)):-len(".part")].rsplit(".", 1)[0]
+    host, _, pid = owner.rpartition("-")
+    if host != _HOST_TAG or not pid.isdigit():
+        return False  # another machine's (or an old-style) file: only its age tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. another user's live process
+        return False
+    return False
+
+
+def remove_stale_parts(target: Path) -> list[Path]:
+    """Delete partial files of ``target`` left by writers that died (see
+    :class:`atomic_output`) and return them.
+
+    A partial file is stale when its writer ran on this host and is no longer running,
+    or when it has not been modified for :data:`STALE_PART_SECONDS` (a writer on another
+    host, or a process id reused since). Files of live writers are left alone, and so is
+    a folder we may not write into.
+    """
+    target = Path(target)
+    folder = target.parent
+    if not is_writable_dir(folder):
+        return []
+    removed = []
+    now = time.time()
+    for part in folder.glob(f"{glob.escape(_part_prefix(target))}*.part"):
+        try:
+            stale = (_writer_is_gone(part, target)
+                     or now - part.stat().st_mtime > STALE_PART_SECONDS)
+            if stale:
+                part.unlink()
+                removed.append(part)
+        except OSError:  # vanished meanwhile (its writer finished) or not ours to delete
+            continue
+    return removed

@@ -7,7 +7,9 @@ for a folder of many files (image folders) a digest of the listing of every file
 it with sizes and modification times. Loaders include the ``SHA256SUMS`` files they
 consult among the sources, so editing a checksum list also invalidates the cache.
 
-A cache is reused only if the sources are the same paths and each is unchanged: a file
+A cache is reused only if it holds every array the loader needs, each readable (the
+``.npz`` members' CRC-32 are checked on reading) and of the dtype and shape recorded in
+the metadata, and if the sources are the same paths and each is unchanged: a file
 must have the same size and either the same mtime or, failing that, the same SHA-256
 (a mere ``touch`` does not force a rebuild); a folder must have the same listing. A file
 modified less than :data:`RACY_NS` before the cache was written is always re-hashed, since
@@ -17,7 +19,9 @@ and overwrite the cache.
 
 Caches are written atomically next to the data (``<data_home>/<dataset>/<stem>_cache.npz``)
 when that folder is writable, and otherwise under :func:`get_cache_home`
-(``<cache_home>/<dataset>/<stem>_<hash of the data folder path>_cache.npz``).
+(``<cache_home>/<dataset>/<stem>_<hash of the data folder path>_cache.npz``). Partial
+files left by a writer that was killed are deleted the next time the cache is looked up
+(:func:`~skkfac.datasets._base.remove_stale_parts`).
 """
 
 from __future__ import annotations
@@ -36,11 +40,14 @@ from skkfac.datasets._base import (
     ensure_writable_dir,
     get_cache_home,
     is_writable_dir,
+    remove_stale_parts,
 )
 from skkfac.datasets._checksums import sha256_file
 
 CACHE_FORMAT = 1
 _META_KEY = "meta_json"
+#: The arrays every loader's cache holds.
+SPLIT_ARRAYS = ("X_train", "y_train", "X_test", "y_test")
 #: Sources modified this close (ns) before the cache was written are verified by content.
 RACY_NS = 2_000_000_000
 
@@ -104,23 +111,31 @@ def _unchanged(record: dict, written_ns: int) -> bool:
     return sha256_file(path) == record["sha256"]  # touched (or racy), maybe not changed
 
 
-def load_cache(candidates: list[Path], key: dict, sources: list[Path]):
+def load_cache(candidates: list[Path], key: dict, sources: list[Path],
+               required=SPLIT_ARRAYS):
     """Return ``(arrays, meta, cache path)`` from the first valid cache, else ``None``.
 
-    ``key`` must equal the stored one and the stored sources must be exactly ``sources``
-    (resolved, same order), each unchanged.
+    ``key`` must equal the stored one, the stored sources must be exactly ``sources``
+    (resolved, same order), each unchanged, and the cache must hold every array named in
+    ``required``. Stale partial files of the candidates are deleted first.
     """
     wanted = [str(Path(p).resolve()) for p in sources]
     for cand in candidates:
-        found = _read_valid(cand, key, wanted) if cand.is_file() else None
+        remove_stale_parts(cand)
+        found = _read_valid(cand, key, wanted, required) if cand.is_file() else None
         if found is not None:
             return (*found, cand)
     return None
 
 
-def _read_valid(cand: Path, key: dict, wanted: list[str]):
+def _array_record(arr: np.ndarray) -> list:
+    return [arr.dtype.str, list(arr.shape)]
+
+
+def _read_valid(cand: Path, key: dict, wanted: list[str], required):
     """``(arrays, meta)`` of a cache file matching ``key``/``wanted``; ``None`` otherwise,
-    including for an unreadable, truncated or foreign file (a miss, rebuilt later)."""
+    including for an unreadable, truncated, incomplete or foreign file (a miss, rebuilt
+    later)."""
     try:
         with np.load(cand, allow_pickle=False) as npz:
             meta = json.loads(str(npz[_META_KEY]))
@@ -128,12 +143,19 @@ def _read_valid(cand: Path, key: dict, wanted: list[str]):
                 meta.get("format") == CACHE_FORMAT
                 and meta.get("key") == key
                 and [r["path"] for r in meta["sources"]] == wanted
+                and set(required) <= set(npz.files)
                 and all(_unchanged(r, meta.get("written_ns", 0)) for r in meta["sources"])
             )
             if not valid:
                 return None
             arrays = {name: npz[name] for name in npz.files if name != _META_KEY}
     except Exception:
+        return None
+    recorded = meta.get("arrays")  # absent in caches written before it was recorded
+    if recorded is not None and any(
+        name not in recorded or _array_record(arr) != recorded[name]
+        for name, arr in arrays.items()
+    ):
         return None
     return arrays, meta
 
@@ -147,6 +169,7 @@ def save_cache(candidates: list[Path], arrays: dict, key: dict, records: list[di
     root). Failing to write anywhere only warns and returns ``None``.
     """
     meta = {"format": CACHE_FORMAT, "key": key, "sources": records, "extra": extra or {},
+            "arrays": {name: _array_record(arr) for name, arr in arrays.items()},
             "written_ns": time.time_ns()}
     payload = dict(arrays)
     payload[_META_KEY] = np.array(json.dumps(meta))

@@ -6,6 +6,8 @@ import hashlib
 import re
 from pathlib import Path
 
+import pooch
+
 from skkfac.datasets._base import ChecksumMismatchError, DatasetCorruptError
 
 SUMS = "SHA256SUMS"
@@ -14,13 +16,9 @@ SUMS_UNCOMPRESSED = "SHA256SUMS.uncompressed"
 _LINE = re.compile(r"^(?P<digest>[0-9a-fA-F]{64}) [ *]?(?P<name>\S.*)$")
 
 
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 digest of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 digest of a file (read in chunks by :func:`pooch.file_hash`)."""
+    return pooch.file_hash(str(path), alg="sha256")
 
 
 def sha256_bytes(data) -> str:

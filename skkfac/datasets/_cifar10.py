@@ -26,9 +26,6 @@ CIFAR10_CLASSES = [
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_HOMEPAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
-#: SHA-256 of the canonical ``cifar-10-python.tar.gz`` (170,498,071 bytes; MD5
-#: c58f30108f718f92721af3b95e74349a).
-CIFAR10_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
 BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
@@ -345,8 +342,8 @@ def load_cifar10(data_home=None, *, cache=True, download=False):
         :func:`get_cache_home`; rebuilt when a source (or a checksum list) changes.
     download : bool, default=False
         If no layout is present, fetch the canonical ``cifar-10-python.tar.gz`` (163 MiB)
-        from ``CIFAR10_URL`` into ``<data_home>/cifar10/`` (SHA-256 verified, written
-        atomically) and read it.
+        from ``CIFAR10_URL`` into ``<data_home>/cifar10/`` with :mod:`pooch` (verified
+        against its canonical SHA-256, written atomically) and read it.
 
     Returns
     -------
@@ -396,8 +393,7 @@ def load_cifar10(data_home=None, *, cache=True, download=False):
     folder = home / CIFAR10_DIR
     found = _find_layout(folder)
     if found is None and download:
-        _download.download_file([CIFAR10_URL], folder / CIFAR10_ARCHIVE,
-                                sha256=CIFAR10_SHA256, validate=_validate_archive)
+        _download.fetch(home, f"{CIFAR10_DIR}/{CIFAR10_ARCHIVE}", [CIFAR10_URL])
         found = _find_layout(folder)
     if found is None:
         raise DatasetNotFoundError(
@@ -464,10 +460,6 @@ def load_cifar10(data_home=None, *, cache=True, download=False):
     )
     data.DESCR = _describe(data, folder, vouched, lossy)
     return data
-
-
-def _validate_archive(path) -> None:
-    _read_batches_tar(Path(path))
 
 
 def _scale(pixels: np.ndarray) -> np.ndarray:

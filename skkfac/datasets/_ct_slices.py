@@ -69,8 +69,8 @@ def load_ct_slices(data_home=None, *, test_size=5000, random_state=0, download=F
         Seed of the shuffle (``None``: not reproducible).
     download : bool, default=False
         If the data are missing, fetch ``CT_URL`` (the UCI zip) into
-        ``<data_home>/ct_slices/`` (format-checked, written atomically; no published
-        checksum is known).
+        ``<data_home>/ct_slices/`` with :mod:`pooch` (header-checked before it is
+        written, atomically; no published checksum is known).
 
     Returns
     -------
@@ -114,7 +114,7 @@ def load_ct_slices(data_home=None, *, test_size=5000, random_state=0, download=F
     candidates = [folder / CT_CSV, folder / CT_ZIP]
     path = first_existing(candidates)
     if path is None and download:
-        _download.download_file([CT_URL], folder / CT_ZIP, validate=_validate_download)
+        _download.fetch(home, f"{CT_DIR}/{CT_ZIP}", [CT_URL], check=_validate_download)
         path = first_existing(candidates)
     if path is None:
         raise DatasetNotFoundError(

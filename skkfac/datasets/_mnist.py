@@ -34,14 +34,6 @@ MNIST_URLS = [
     "http://yann.lecun.com/exdb/mnist/",
 ]
 MNIST_HOMEPAGE = "http://yann.lecun.com/exdb/mnist/"
-#: SHA-256 of the *decompressed* canonical IDX files (their MD5s match the published ones),
-#: used to verify downloads whatever gzip wrapper a mirror serves.
-MNIST_SHA256 = {
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-}
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -143,22 +135,10 @@ def _locate(folder: Path) -> tuple[dict, list]:
     return found, missing
 
 
-def _download_missing(folder: Path, missing: list) -> None:
+def _download_missing(home: Path, missing: list) -> None:
     for base in missing:
-        expected = MNIST_SHA256[base]
-
-        def validate(tmp, base=base, expected=expected):
-            content = _decompress(Path(tmp).read_bytes(), Path(tmp))
-            digest = sha256_bytes(content)
-            if digest != expected:
-                raise DatasetCorruptError(
-                    f"downloaded {base}.gz decompresses to SHA-256 {digest}, expected {expected}"
-                )
-            parse_idx(content, name=f"downloaded {base}.gz")
-
-        _download.download_file(
-            [url + base + ".gz" for url in MNIST_URLS], folder / f"{base}.gz", validate=validate
-        )
+        name = f"{base}.gz"
+        _download.fetch(home, f"{MNIST_DIR}/{name}", [url + name for url in MNIST_URLS])
 
 
 def load_mnist(data_home=None, *, cache=True, download=False):
@@ -183,8 +163,8 @@ def load_mnist(data_home=None, *, cache=True, download=False):
         when a source file changes (size, then SHA-256 if the mtime moved).
     download : bool, default=False
         Fetch missing files from the mirrors in ``MNIST_URLS`` into
-        ``<data_home>/mnist/`` (verified against the canonical SHA-256 of the
-        decompressed content, written atomically).
+        ``<data_home>/mnist/`` with :mod:`pooch` (verified against the canonical
+        SHA-256 of the original ``.gz`` archives, written atomically).
 
     Returns
     -------
@@ -229,7 +209,7 @@ def load_mnist(data_home=None, *, cache=True, download=False):
     folder = home / MNIST_DIR
     paths, missing = _locate(folder)
     if missing and download:
-        _download_missing(folder, missing)
+        _download_missing(home, missing)
         paths, missing = _locate(folder)
     if missing:
         raise DatasetNotFoundError(
