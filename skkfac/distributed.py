@@ -21,6 +21,7 @@ itself (see the user guide's *Scaling out* page).
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import tempfile
@@ -30,7 +31,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["Communicator", "compute_on_owners", "fit_data_parallel", "shard_indices"]
+__all__ = ["Communicator", "communication_volume", "compute_on_owners", "fit_data_parallel",
+           "shard_indices"]
 
 
 class Communicator:
@@ -221,6 +223,35 @@ def _empty(shape, stride, dtype, device) -> torch.Tensor:
     return torch.empty_strided(shape, stride, dtype=dtype, device=device)
 
 
+def communication_volume(layer_sizes) -> dict:
+    """Numbers communicated per rank by data-parallel K-FAC, for an MLP's layer widths.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        Widths from the input to the output, e.g. ``(784, 1000, 500, 784)``.
+
+    Returns
+    -------
+    volume : dict
+        ``'gradients'``: weights and biases, all-reduced every update;
+        ``'factors'``: entries of every ``A`` (``(n_in + 1)²``) and ``G`` (``n_out²``),
+        all-reduced with them; ``'inverses'``: entries of the damped inverses
+        (``'tikhonov'``: the same sizes as the factors), broadcast from their owners at
+        each refresh. The few scalars (example counts, the quadratic model's 2 × 2
+        matrix, the losses) are left out: they cost latency, not bandwidth.
+
+    Examples
+    --------
+    >>> communication_volume((3, 4, 2))
+    {'gradients': 26, 'factors': 61, 'inverses': 61}
+    """
+    pairs = list(itertools.pairwise(layer_sizes))
+    factors = sum((n_in + 1) ** 2 + n_out**2 for n_in, n_out in pairs)
+    return {"gradients": sum(n_out * (n_in + 1) for n_in, n_out in pairs),
+            "factors": factors, "inverses": factors}
+
+
 # -- the launcher ------------------------------------------------------------------------
 def shard_indices(n_samples: int, rank: int, world_size: int) -> np.ndarray:
     """Rows of rank ``rank``: every ``world_size``-th row, the same count on every rank.
@@ -271,14 +302,24 @@ def _fit_rank(rank, world_size, init_file, backend, estimator, X, y, fit_params,
             torch.cuda.set_device(rank % torch.cuda.device_count())
             estimator.set_params(device=f"cuda:{torch.cuda.current_device()}")
         rows = shard_indices(X.shape[0], rank, world_size)
-        X_rank = X.numpy()[rows]
-        y_rank = None if y is None else y.numpy()[rows]
-        estimator.fit(X_rank, y_rank, **fit_params)
+        estimator.fit(_rows(X, rows), None if y is None else _rows(y, rows), **fit_params)
         if rank == 0:
             with open(result_path, "wb") as handle:
                 pickle.dump(estimator, handle)
     finally:
         dist.destroy_process_group()
+
+
+def _shared(array: np.ndarray):
+    """A shared-memory tensor of a numeric array (read by every rank without a copy)."""
+    array = np.ascontiguousarray(array)
+    if array.dtype.kind not in "biuf":
+        return array  # e.g. string class labels: pickled to each rank instead
+    return torch.from_numpy(array).share_memory_()
+
+
+def _rows(data, rows):
+    return data.numpy()[rows] if isinstance(data, torch.Tensor) else data[rows]
 
 
 def fit_data_parallel(estimator, X, y=None, *, n_processes: int = 2, backend=None,
@@ -304,8 +345,9 @@ def fit_data_parallel(estimator, X, y=None, *, n_processes: int = 2, backend=Non
         Number of ranks. Up to ``n_processes - 1`` trailing rows are left out so that
         every rank holds the same number of rows.
     backend : {'gloo', 'nccl'} or None
-        ``None``: NCCL with one GPU per rank when there are at least ``n_processes``
-        CUDA devices and ``estimator.device`` is not ``'cpu'``, else gloo on CPUs.
+        ``None``: NCCL with one GPU per rank (rank ``r`` on ``cuda:r``) when there are
+        at least ``n_processes`` CUDA devices and ``estimator.device`` is not
+        ``'cpu'``, else gloo, and the ranks train on CPUs.
     threads_per_process : int, default=1
         ``torch.set_num_threads`` of each rank.
     **fit_params
@@ -334,10 +376,13 @@ def fit_data_parallel(estimator, X, y=None, *, n_processes: int = 2, backend=Non
                    and torch.cuda.device_count() >= n_processes else "gloo")
     per_rank = clone(estimator).set_params(
         **_per_rank_params(estimator, X.shape[0] - X.shape[0] % n_processes, n_processes))
-    # Shared-memory tensors: the ranks read the data without a copy each.
-    X_shared = torch.from_numpy(np.ascontiguousarray(X)).share_memory_()
-    y_shared = (None if y is None
-                else torch.from_numpy(np.ascontiguousarray(np.asarray(y))).share_memory_())
+    if backend == "gloo" and estimator.device != "cpu":
+        if estimator.device != "auto":
+            raise ValueError(f"device={estimator.device!r} needs backend='nccl' and one "
+                             f"CUDA device per rank ({n_processes}).")
+        per_rank.set_params(device="cpu")  # gloo: the ranks train on CPUs
+    X_shared = _shared(X)
+    y_shared = None if y is None else _shared(np.asarray(y))
     with tempfile.TemporaryDirectory(prefix="skkfac-dp-") as folder:
         init_file = Path(folder) / "rendezvous"
         result_path = Path(folder) / "estimator.pkl"

@@ -119,6 +119,7 @@ class Trainer:
         an artificial batch that is not complete yet for the next call.
         """
         config = self.config
+        _check_data_parallel(solver)
         clock = TrainingClock(X.device, progress.train_time)
         self._window_loss, self._window_count = 0.0, 0
         self._best_weights = None
@@ -277,6 +278,16 @@ def _batch_mean(solver, pending_loss: torch.Tensor) -> tuple[float, int]:
     if communicator is None or not communicator.active:
         return float(pending_loss) / solver.n_accumulated, solver.n_accumulated
     return communicator.global_mean(pending_loss, solver.n_accumulated)
+
+
+def _check_data_parallel(solver) -> None:
+    """Refuse to train a solver without reductions on several ranks (models would differ)."""
+    import torch.distributed as dist
+
+    if (getattr(solver, "communicator", None) is None and dist.is_available()
+            and dist.is_initialized() and dist.get_world_size() > 1):
+        raise RuntimeError(f"{type(solver).__name__} does not train data-parallel: use "
+                           "solver='kfac' in a torch.distributed process group.")
 
 
 def _slowest(solver, clock: TrainingClock) -> float:
