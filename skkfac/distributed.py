@@ -105,16 +105,15 @@ class Communicator:
         dist.all_reduce(packed, group=self.group)
         return (packed[:-1] / packed[-1]).view_as(values).to(values.dtype)
 
-    def global_mean(self, total: torch.Tensor, count: int) -> tuple[float, int]:
-        """``(Σ total / Σ count, Σ count)`` over the ranks, from each rank's sum and count."""
+    def global_sum(self, total: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
+        """``(Σ total, Σ count)`` over the ranks, from each rank's 0-d sum and its count."""
         if not self.active:
-            return float(total) / count, count
+            return total, count
         packed = torch.stack([total.detach().double().reshape(()),
                               torch.tensor(float(count), dtype=torch.float64,
                                            device=total.device)])
         dist.all_reduce(packed, group=self.group)
-        summed, n = packed.tolist()
-        return summed / n, round(n)
+        return packed[0].to(total.dtype), round(packed[1].item())
 
     def max(self, value: float) -> float:
         """The largest of a Python number over the ranks (e.g. elapsed training time)."""
@@ -274,7 +273,7 @@ PER_UPDATE_SIZES = ("batch_size", "artificial_batch_size", "curvature_batch_size
 
 def _per_rank_params(estimator, n_samples: int, world_size: int) -> dict:
     """The batch-size parameters each rank fits with (the estimator's are global)."""
-    from skkfac.estimators.base import AUTO_BATCH_SIZES
+    from skkfac.solvers import get_solver
 
     params = {}
     for name in PER_UPDATE_SIZES:
@@ -282,7 +281,7 @@ def _per_rank_params(estimator, n_samples: int, world_size: int) -> dict:
         if value is None:
             continue
         if value == "auto":
-            value = min(AUTO_BATCH_SIZES[estimator.solver], n_samples)
+            value = min(get_solver(estimator.solver).auto_batch_size, n_samples)
             value -= value % world_size
         if value % world_size:
             raise ValueError(f"{name}={value} must be a multiple of n_processes="

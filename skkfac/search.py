@@ -2,7 +2,8 @@
 
 The spaces follow the reference study's Bayesian optimisation (section 6.7: K-FAC tuned
 learning rate, batch size, ``m_rate`` and ``m_max``; SGD tuned learning rate, batch size
-and momentum), with two changes:
+and momentum), with two changes (Adam, which the study did not use, tunes its learning
+rate, batch size and ``beta_1``):
 
 * K-FAC also tunes its initial ``damping`` λ, log-uniformly: our default
   ``damping_scheme='tikhonov'`` is factored Tikhonov damping adapted by the
@@ -28,16 +29,22 @@ from numbers import Integral
 
 from skopt.space import Integer, Real
 
+from skkfac.solvers import SOLVERS
+
 __all__ = [
+    "ADAM_BATCH_SIZE_RANGE",
+    "ADAM_BETA_1_RANGE",
+    "ADAM_LEARNING_RATE_RANGE",
     "KFAC_BATCH_SIZE_RANGE",
     "KFAC_DAMPING_RANGE",
     "KFAC_LEARNING_RATE_RANGE",
     "KFAC_MOMENTUM_MAX_RANGE",
     "KFAC_MOMENTUM_RATE_RANGE",
+    "SEARCH_SPACES",
     "SGD_BATCH_SIZE_RANGE",
     "SGD_LEARNING_RATE_RANGE",
     "SGD_MOMENTUM_RANGE",
-    "SOLVERS",
+    "adam_search_space",
     "kfac_search_space",
     "search_space",
     "sgd_search_space",
@@ -63,8 +70,12 @@ SGD_LEARNING_RATE_RANGE = (1e-3, 3.0)
 SGD_BATCH_SIZE_RANGE = (32, 4000)
 #: SGD (Nesterov) momentum, uniform (study's best values: 0.22-0.99).
 SGD_MOMENTUM_RANGE = (0.1, 0.99)
-
-SOLVERS = ("kfac", "sgd")
+#: Adam learning rate, log-uniform, around scikit-learn's default 1e-3.
+ADAM_LEARNING_RATE_RANGE = (1e-4, 3e-2)
+#: Adam batch size, log-uniform, upper end capped to the data (as SGD's).
+ADAM_BATCH_SIZE_RANGE = (32, 4000)
+#: Adam ``beta_1`` (decay of the gradient's running mean), uniform (default 0.9).
+ADAM_BETA_1_RANGE = (0.5, 0.99)
 
 
 def _batch_size_dimension(low: int, high: int, n_samples) -> Integer:
@@ -163,20 +174,66 @@ def sgd_search_space(n_samples=None):
     }
 
 
-def search_space(solver, n_samples=None):
-    """The search space of ``solver`` (``'kfac'`` or ``'sgd'``).
+def adam_search_space(n_samples=None):
+    """Search space of ``solver='adam'``: learning rate, batch size and ``beta_1``.
 
     Parameters
     ----------
-    solver : {'kfac', 'sgd'}
-        The estimators' ``solver`` parameter.
+    n_samples : int or None, default=None
+        Number of training samples; the batch-size range is capped to it. ``None``
+        keeps the range 32-4,000.
+
+    Returns
+    -------
+    space : dict of str to skopt.space.Dimension
+        ``learning_rate_init`` (log-uniform 1e-4-3e-2), ``batch_size`` (log-uniform
+        integer 32-min(4000, n_samples)) and ``beta_1`` (uniform 0.5-0.99);
+        ``beta_2`` and ``epsilon`` keep scikit-learn's defaults.
+
+    See Also
+    --------
+    kfac_search_space, sgd_search_space, search_space
+
+    Examples
+    --------
+    >>> from skkfac.search import adam_search_space
+    >>> space = adam_search_space(n_samples=1000)
+    >>> {name: dim.bounds for name, dim in space.items()}
+    {'learning_rate_init': (0.0001, 0.03), 'batch_size': (32, 1000), 'beta_1': (0.5, 0.99)}
+    """
+    return {
+        "learning_rate_init": Real(*ADAM_LEARNING_RATE_RANGE, prior="log-uniform",
+                                   name="learning_rate_init"),
+        "batch_size": _batch_size_dimension(*ADAM_BATCH_SIZE_RANGE, n_samples),
+        "beta_1": Real(*ADAM_BETA_1_RANGE, name="beta_1"),
+    }
+
+
+#: The search-space function of each solver, by name; one entry per registered solver
+#: (tests/test_architecture.py checks it against :data:`skkfac.solvers.SOLVERS`).
+SEARCH_SPACES = {
+    "kfac": kfac_search_space,
+    "sgd": sgd_search_space,
+    "adam": adam_search_space,
+}
+
+
+def search_space(solver, n_samples=None):
+    """The search space of a registered ``solver``.
+
+    Parameters
+    ----------
+    solver : str
+        The estimators' ``solver`` parameter: a key of :data:`SEARCH_SPACES`, which has
+        one entry per registered solver (:data:`skkfac.solvers.SOLVERS`).
     n_samples : int or None, default=None
         Number of training samples (caps the batch-size range).
 
     Returns
     -------
     space : dict of str to skopt.space.Dimension
-        :func:`kfac_search_space` or :func:`sgd_search_space`.
+        :func:`kfac_search_space`, :func:`sgd_search_space` or
+        :func:`adam_search_space`.
 
     Examples
     --------
@@ -200,8 +257,9 @@ def search_space(solver, n_samples=None):
     >>> search.fit(X, y).best_params_.keys()  # doctest: +ELLIPSIS
     odict_keys([...'learning_rate_init'...])
     """
-    if solver == "kfac":
-        return kfac_search_space(n_samples)
-    if solver == "sgd":
-        return sgd_search_space(n_samples)
-    raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
+    if solver in SOLVERS and solver not in SEARCH_SPACES:
+        raise ValueError(f"No search space is defined for solver {solver!r}; pass your "
+                         "own dimensions to the search.")
+    if solver not in SEARCH_SPACES:
+        raise ValueError(f"solver must be one of {sorted(SEARCH_SPACES)}, got {solver!r}.")
+    return SEARCH_SPACES[solver](n_samples)

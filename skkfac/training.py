@@ -3,8 +3,14 @@
 Responsibilities: shuffling with the estimator's random state, mini-batches held as
 tensor slices on the device, artificial batches (several micro-batches per update),
 the epoch / wall-clock budgets, the evaluation schedule for learning curves, sklearn's
-convergence and early-stopping rules, and rejecting diverged updates so that a
-non-finite loss never leaves NaN weights behind.
+convergence and early-stopping rules, and rejections: the trainer alone counts and
+records them, from the solvers' :class:`~skkfac.solvers.spec.StepReport` and from a
+non-finite loss after an update (which it undoes, so that NaN weights are never left
+behind).
+
+Host reads are kept to one per update on a GPU: the batch's loss is read together with
+the previous step's report (:meth:`StepReport.fetch`); a report is otherwise only read
+when a history row is written.
 
 Training time is measured with the clock paused while evaluating, as in the study.
 """
@@ -20,10 +26,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from skkfac.callbacks import FitEvent
 from skkfac.solvers.base import Solver
+from skkfac.solvers.spec import StepReport
 
 #: Consecutive rejected updates after which training gives up.
 MAX_CONSECUTIVE_REJECTIONS = 8
+#: Step-report fields recorded in every history row (NaN when a solver omits them).
+REPORT_COLUMNS = ("damping", "rho", "step_size", "momentum")
 
 
 class TrainingClock:
@@ -62,7 +72,6 @@ class TrainingConfig:
     eval_every: int | None = None
     eval_interval: float | None = None
     shuffle: bool = True
-    verbose: bool = False
 
     @property
     def update_size(self) -> int:
@@ -101,13 +110,31 @@ class Trainer:
         evaluation schedule with the training clock paused.
     validate : callable, optional
         ``validate() -> score`` on the early-stopping split, once per epoch.
+    callbacks : list, optional
+        Objects with some of the methods of :class:`skkfac.callbacks.Callback`, called
+        with a :class:`skkfac.callbacks.FitEvent`, with the training clock paused.
+    estimator : object, optional
+        The estimator being trained, passed on to the callbacks.
     """
 
     def __init__(self, config: TrainingConfig, *, evaluate: Callable | None = None,
-                 validate: Callable | None = None):
+                 validate: Callable | None = None, callbacks=(), estimator=None):
         self.config = config
         self.evaluate = evaluate
         self.validate = validate
+        self.callbacks = list(callbacks)
+        self.estimator = estimator
+
+    def _notify(self, hook: str, **fields) -> None:
+        """Call ``hook`` on every callback that has it."""
+        if not self.callbacks:
+            return
+        event = FitEvent(self.estimator, self._progress, self.config, **self._event_fields,
+                         **fields)
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(event)
 
     def run(self, solver: Solver, X: torch.Tensor, y: torch.Tensor,
             progress: TrainingProgress, *, rng: np.random.RandomState,
@@ -120,34 +147,45 @@ class Trainer:
         """
         config = self.config
         _check_data_parallel(solver)
+        epochs = config.max_epochs if max_epochs is None else max_epochs
+        self._progress = progress
+        self._event_fields = dict(max_epochs=epochs, n_samples=X.shape[0],
+                                  incremental=incremental)
         clock = TrainingClock(X.device, progress.train_time)
         self._window_loss, self._window_count = 0.0, 0
         self._best_weights = None
         self._pending_loss = torch.full((), progress.pending_loss, dtype=X.dtype,
                                         device=X.device)
         self._consecutive_rejections = 0
+        self._report: StepReport | None = None  # the last step's report, not read yet
+        self._report_values = dict.fromkeys(REPORT_COLUMNS, math.nan)
         self._last_eval = (progress.n_updates, progress.train_time)
+        if not incremental:
+            # Nothing may be pending at the start of a fit (a checkpoint written in the
+            # middle of an artificial batch holds no gradients).
+            solver.discard()
+            self._pending_loss.zero_()
+        progress.stop_reason = ""
+        self._notify("on_fit_begin")
         if not progress.history:
             self._record(solver, progress)
-        progress.stop_reason = ""
-        epochs = config.max_epochs if max_epochs is None else max_epochs
         for _ in range(epochs):
             epoch_loss = self._run_epoch(solver, X, y, progress, clock, rng)
             if epoch_loss is None:  # stopped within the epoch
                 break
             progress.n_epochs += 1
             progress.loss_curve.append(epoch_loss)
-            if config.verbose:
-                print(f"Epoch {progress.n_epochs}, loss = {epoch_loss:.8f}, "
-                      f"updates = {progress.n_updates}, time = {clock.elapsed:.2f}s")
             if config.eval_every is None and config.eval_interval is None:
                 self._record(solver, progress)
-            if not incremental and self._converged(solver, progress, epoch_loss):
+            converged = not incremental and self._converged(solver, progress, epoch_loss)
+            self._notify("on_epoch_end", loss=epoch_loss)
+            if converged:
                 progress.stop_reason = "converged"
                 break
         else:
             progress.stop_reason = "max_iter"
         self._finish(solver, progress, keep_accumulated=incremental)
+        self._notify("on_fit_end")
         return progress
 
     # -- one epoch -----------------------------------------------------------------------
@@ -158,6 +196,7 @@ class Trainer:
             order = torch.from_numpy(rng.permutation(n)).to(X.device)
             X, y = X[order], y[order]
         epoch_loss, epoch_count = 0.0, 0
+        updated = False
         # Summed loss of the micro-batches of the update in progress (which may have
         # started in the previous epoch); kept on the device until the update.
         pending_loss = self._pending_loss
@@ -168,7 +207,8 @@ class Trainer:
                 pending_loss += solver.accumulate(X_batch, y_batch)
                 progress.samples_seen += X_batch.shape[0]
                 if solver.n_accumulated >= config.update_size:
-                    batch_loss, count = _batch_mean(solver, pending_loss)
+                    total, count = _batch_sum(solver, pending_loss)
+                    batch_loss = self._read_loss(total / count, progress)
                     pending_loss.zero_()
                     if not self._update(solver, progress, batch_loss):
                         progress.train_time = clock.elapsed
@@ -177,8 +217,13 @@ class Trainer:
                     epoch_count += count
                     self._window_loss += batch_loss * count
                     self._window_count += count
+                    updated = True
+            _agree_on_time(solver, clock)
             progress.train_time = clock.elapsed
-            if config.max_time is not None and _slowest(solver, clock) >= config.max_time:
+            if updated:
+                updated = False
+                self._notify("on_update", loss=batch_loss, report=self._report)
+            if config.max_time is not None and clock.elapsed >= config.max_time:
                 progress.stop_reason = "max_time"
                 return None
             if self._evaluation_due(progress):
@@ -187,15 +232,44 @@ class Trainer:
 
     def _update(self, solver: Solver, progress: TrainingProgress, batch_loss: float) -> bool:
         """Check the loss at the current weights, then step. False means stop training."""
+        if self._consecutive_rejections >= MAX_CONSECUTIVE_REJECTIONS:
+            return self._give_up(progress, f"{self._consecutive_rejections} consecutive "
+                                 "updates were rejected")
         if solver.is_rejected(batch_loss):
             return self._reject(solver, progress, batch_loss)
-        self._consecutive_rejections = 0
         solver.backup()
-        solver.step()
+        report = solver.step()
+        # TODO(merge): KFAC.step returns None (and counts its own rejections) until the
+        # K-FAC engine's StepReport lands; None is then an accepted update.
+        self._report = StepReport() if report is None else report
         progress.n_updates += 1
         return True
 
+    def _read_loss(self, loss: torch.Tensor, progress: TrainingProgress) -> float:
+        """The batch's mean loss, read with the previous step's report in one transfer."""
+        if self._report is None:
+            return float(loss)
+        values = self._report.fetch(loss)
+        self._take_report(values, progress)
+        return values["extra"][0]
+
+    def _read_report(self, progress: TrainingProgress) -> None:
+        if self._report is not None:
+            self._take_report(self._report.fetch(), progress)
+
+    def _take_report(self, values: dict, progress: TrainingProgress) -> None:
+        """Count a read step report's rejection and keep its fields for the history."""
+        self._report = None
+        if values["accepted"]:
+            self._consecutive_rejections = 0
+        else:
+            progress.n_rejected_updates += 1
+            self._consecutive_rejections += 1
+        self._report_values = {name: math.nan if values[name] is None else values[name]
+                               for name in REPORT_COLUMNS}
+
     def _reject(self, solver, progress, batch_loss) -> bool:
+        """Undo the update after which the loss became non-finite."""
         has_backup = solver.has_backup
         if has_backup:
             solver.restore()
@@ -203,15 +277,16 @@ class Trainer:
             solver.discard()
         progress.n_rejected_updates += 1
         self._consecutive_rejections += 1
-        if (solver.recovers_from_divergence and has_backup
-                and self._consecutive_rejections < MAX_CONSECUTIVE_REJECTIONS):
+        if solver.recovers_from_divergence and has_backup:
             return True
+        return self._give_up(progress, f"the loss became {batch_loss:.4g}")
+
+    def _give_up(self, progress, why: str) -> bool:
         progress.stop_reason = "diverged"
         warnings.warn(
-            f"Training stopped after update {progress.n_updates}: the loss became "
-            f"{batch_loss:.4g}. The last weights with a finite loss were kept; "
-            "try a smaller learning rate (or more damping for K-FAC).",
-            RuntimeWarning, stacklevel=4)
+            f"Training stopped after update {progress.n_updates}: {why}. The last weights "
+            "with a finite loss were kept; try a smaller learning rate (or more damping "
+            "for K-FAC).", RuntimeWarning, stacklevel=5)
         return False
 
     # -- evaluation and stopping rules ----------------------------------------------------
@@ -232,13 +307,13 @@ class Trainer:
         row = {"update": progress.n_updates, "epoch": progress.n_epochs,
                "samples": progress.samples_seen, "time": progress.train_time,
                "train_loss": train_loss, "eval_loss": eval_loss, "eval_score": eval_score}
+        self._read_report(progress)
+        row.update(self._report_values)
         row.update({f"time_{phase}": seconds for phase, seconds in solver.phase_times.items()})
         progress.history.append(row)
         self._window_loss, self._window_count = 0.0, 0
         self._last_eval = (progress.n_updates, progress.train_time)
-        if self.config.verbose and self.evaluate is not None:
-            print(f"  update {progress.n_updates}: eval loss = {eval_loss:.6g}, "
-                  f"eval score = {eval_score:.6g} at {progress.train_time:.2f}s")
+        self._notify("on_evaluate", row=row)
 
     def _converged(self, solver, progress, epoch_loss) -> bool:
         """sklearn's MLP rule: no improvement larger than ``tol`` for n_iter_no_change epochs."""
@@ -257,6 +332,7 @@ class Trainer:
         return progress.no_improvement_count > self.config.n_iter_no_change
 
     def _finish(self, solver, progress, *, keep_accumulated: bool) -> None:
+        self._read_report(progress)
         with torch.no_grad():
             if self._best_weights is not None:
                 torch._foreach_copy_([p.data for p in solver.params], self._best_weights)
@@ -272,12 +348,12 @@ class Trainer:
 
 
 # -- data-parallel training: every rank must take the same decisions -----------------------
-def _batch_mean(solver, pending_loss: torch.Tensor) -> tuple[float, int]:
-    """Mean loss and size of the update's batch, over all ranks of a data-parallel solver."""
+def _batch_sum(solver, pending_loss: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed loss and size of the update's batch, over all ranks of a data-parallel solver."""
     communicator = getattr(solver, "communicator", None)
     if communicator is None or not communicator.active:
-        return float(pending_loss) / solver.n_accumulated, solver.n_accumulated
-    return communicator.global_mean(pending_loss, solver.n_accumulated)
+        return pending_loss, solver.n_accumulated
+    return communicator.global_sum(pending_loss, solver.n_accumulated)
 
 
 def _check_data_parallel(solver) -> None:
@@ -290,9 +366,8 @@ def _check_data_parallel(solver) -> None:
                            "solver='kfac' in a torch.distributed process group.")
 
 
-def _slowest(solver, clock: TrainingClock) -> float:
-    """Training seconds of the slowest rank, so that all ranks stop together on max_time."""
+def _agree_on_time(solver, clock: TrainingClock) -> None:
+    """Set every rank's training clock to the slowest rank's (one max_time decision)."""
     communicator = getattr(solver, "communicator", None)
-    if communicator is None or not communicator.active:
-        return clock.elapsed
-    return communicator.max(clock.elapsed)
+    if communicator is not None and communicator.active:
+        clock.elapsed = communicator.max(clock.elapsed)

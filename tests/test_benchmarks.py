@@ -44,7 +44,7 @@ def test_search_spaces_cover_the_useful_ranges_and_cap_batch_size():
     assert 1 <= low < high == 100
     assert search_space("sgd", 500)["batch_size"].bounds == (32, 500)
     with pytest.raises(ValueError):
-        search_space("adam")
+        search_space("lbfgs")
     with pytest.raises(ValueError):
         sgd_search_space(n_samples=1)
 

@@ -63,9 +63,22 @@ def _rank(rank, world_size, init_file, out_dir):
         share = BATCH // world_size
         rows = slice(rank * share, (rank + 1) * share)
         results = {name: train(options, ddp, rows) for name, (options, ddp) in CASES.items()}
+        results["max_time"] = fit_with_time_budget(rank, world_size)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def fit_with_time_budget(rank, world_size):
+    """An estimator fitted on this rank's shard with max_time (the trainer's agreement)."""
+    X, y = regression_data(400)
+    rows = shard_indices(len(X), rank, world_size)
+    estimator = KFACRegressor(hidden_layer_sizes=(16,), batch_size=20, max_iter=10**6,
+                              tol=0.0, n_iter_no_change=10**6, max_time=0.5,
+                              random_state=0, device="cpu").fit(X[rows], y[rows])
+    return dict(stop_reason=estimator.stop_reason_, n_updates=estimator.n_updates_,
+                train_time=estimator.train_time_,
+                weights=[p.detach().clone() for p in estimator.model_.parameters()])
 
 
 def run_ranks(world_size=2):
@@ -76,6 +89,7 @@ def run_ranks(world_size=2):
 
 
 def test_two_ranks_make_the_updates_of_one_process_on_the_whole_batch():
+    """Also: an estimator with max_time on each rank's shard stops on the same update."""
     ranks = run_ranks()
     for name, (options, _) in CASES.items():
         reference = train(options, False, slice(None))
@@ -93,6 +107,13 @@ def test_two_ranks_make_the_updates_of_one_process_on_the_whole_batch():
         # The ranks hold bit-identical weights: every decision was taken together.
         for a, b in zip(ranks[0][name][-1]["weights"], ranks[1][name][-1]["weights"]):
             assert torch.equal(a, b)
+    # With a time budget, the ranks stop on the same update (the slowest rank's clock).
+    budgeted = [rank["max_time"] for rank in ranks]
+    assert [b["stop_reason"] for b in budgeted] == ["max_time", "max_time"]
+    assert budgeted[0]["n_updates"] == budgeted[1]["n_updates"] > 1
+    assert budgeted[0]["train_time"] == budgeted[1]["train_time"] >= 0.5
+    for a, b in zip(budgeted[0]["weights"], budgeted[1]["weights"]):
+        assert torch.equal(a, b)
 
 
 def test_communicator_is_inactive_in_a_single_process():
@@ -100,7 +121,8 @@ def test_communicator_is_inactive_in_a_single_process():
     assert not comm.active and comm.world_size == 1
     values = torch.tensor([1.0, 2.0])
     assert comm.weighted_mean(values, 5) is values
-    assert comm.global_mean(torch.tensor(6.0), 3) == (2.0, 3)
+    total = torch.tensor(6.0)
+    assert comm.global_sum(total, 3) == (total, 3)
     opt = KFAC(build_mlp(2, (), 1), "squared_error")
     assert not opt.communicator.active
 
@@ -131,17 +153,6 @@ def test_fit_data_parallel_equals_a_single_process_fit():
     np.testing.assert_allclose(parallel.loss_curve_, single.loss_curve_, rtol=1e-10)
     np.testing.assert_allclose(parallel.predict(X), single.predict(X), rtol=1e-9,
                                atol=1e-12)
-
-
-def test_fit_data_parallel_ranks_stop_together_on_max_time():
-    X, y = regression_data(400)
-    estimator = KFACRegressor(hidden_layer_sizes=(16,), batch_size=40, max_iter=10**6,
-                              tol=0.0, n_iter_no_change=10**6, max_time=1.0,
-                              random_state=0, device="cpu")
-    fitted = fit_data_parallel(estimator, X, y, n_processes=2)
-    assert fitted.stop_reason_ == "max_time"
-    assert 1.0 <= fitted.train_time_ < 5.0
-    assert fitted.score(X, y) > 0.5
 
 
 def test_fit_data_parallel_rejects_what_it_cannot_do():

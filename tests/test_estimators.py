@@ -13,6 +13,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skkfac import KFACAutoencoder, KFACClassifier, KFACRegressor
+from skkfac.solvers import SOLVERS
 
 SMALL = dict(max_iter=30, device="cpu", random_state=0)
 
@@ -22,11 +23,13 @@ SMALL = dict(max_iter=30, device="cpu", random_state=0)
 
 
 def small_estimators():
-    for solver in ("kfac", "sgd"):
-        yield KFACRegressor(hidden_layer_sizes=(8,), solver=solver, dtype="float64", **SMALL)
-        yield KFACClassifier(hidden_layer_sizes=(8,), solver=solver, dtype="float64", **SMALL)
-        yield KFACAutoencoder(encoder_layer_sizes=(6, 3), solver=solver, dtype="float64",
-                              **SMALL)
+    for solver in SOLVERS:
+        # Adam's default step (1e-3) learns too little in 30 epochs for the sklearn checks.
+        params = dict(SMALL, solver=solver, dtype="float64",
+                      learning_rate_init=0.01 if solver == "adam" else None)
+        yield KFACRegressor(hidden_layer_sizes=(8,), **params)
+        yield KFACClassifier(hidden_layer_sizes=(8,), **params)
+        yield KFACAutoencoder(encoder_layer_sizes=(6, 3), **params)
 
 
 @parametrize_with_checks(list(small_estimators()))
@@ -42,11 +45,12 @@ def regression_data():
     return X, y / y.std()
 
 
-@pytest.mark.parametrize("solver", ["kfac", "sgd"])
+@pytest.mark.parametrize("solver", list(SOLVERS))
 def test_regressor_learns(regression_data, solver):
     X, y = regression_data
+    lr = {"adam": 0.01}.get(solver)  # Adam's 1e-3 needs more than 100 epochs here
     reg = KFACRegressor(hidden_layer_sizes=(32,), solver=solver, max_iter=100,
-                        random_state=0, device="cpu").fit(X, y)
+                        learning_rate_init=lr, random_state=0, device="cpu").fit(X, y)
     assert reg.score(X, y) > 0.95
     assert reg.predict(X).shape == (300,)
 
@@ -59,7 +63,7 @@ def test_regressor_multi_output(regression_data):
     assert reg.score(X, Y) > 0.9
 
 
-@pytest.mark.parametrize("solver", ["kfac", "sgd"])
+@pytest.mark.parametrize("solver", list(SOLVERS))
 def test_classifier_string_labels_and_proba(solver):
     X, y = load_iris(return_X_y=True)
     labels = np.array(["setosa", "versicolor", "virginica"])[y]
@@ -122,7 +126,7 @@ def test_artificial_batch_size_equals_real_batch(regression_data):
     np.testing.assert_allclose(sgd_whole.predict(X), sgd_parts.predict(X), rtol=1e-8)
 
 
-@pytest.mark.parametrize("solver", ["kfac", "sgd"])
+@pytest.mark.parametrize("solver", list(SOLVERS))
 def test_max_time_stops_training(regression_data, solver):
     X, y = regression_data
     reg = KFACRegressor(hidden_layer_sizes=(8,), solver=solver, max_iter=10**6, max_time=0.3,
@@ -202,7 +206,8 @@ def test_pickle_clone_and_pipeline(regression_data):
 
 
 @pytest.mark.parametrize("params, message", [
-    (dict(solver="adam"), "solver"),
+    (dict(solver="lbfgs"), "solver"),
+    (dict(solver="adam", beta_2=1.0), "beta_2"),
     (dict(activation="softplus"), "activation"),
     (dict(max_time=0), "max_time"),
     (dict(max_time=-1.0), "max_time"),
@@ -233,3 +238,24 @@ def test_bad_data_raises(regression_data):
         KFACClassifier().fit(X, y)
     with pytest.raises(ValueError, match="CUDA is not available"):
         KFACRegressor(device="cuda").fit(X, y)
+
+
+def test_autoencoder_feature_names_and_pandas_output():
+    X = pd.DataFrame(load_digits().data[:300] / 16).add_prefix("pixel")
+    ae = KFACAutoencoder(encoder_layer_sizes=(16, 3), max_iter=2, random_state=0)
+    ae.set_output(transform="pandas")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        codes = ae.fit_transform(X)
+    names = ["kfacautoencoder0", "kfacautoencoder1", "kfacautoencoder2"]
+    assert list(ae.get_feature_names_out()) == names
+    assert isinstance(codes, pd.DataFrame) and list(codes.columns) == names
+    assert codes.index.equals(X.index)
+    np.testing.assert_allclose(codes.to_numpy(), ae.set_output(transform="default")
+                               .transform(X), rtol=1e-6)
+    pipe = make_pipeline(StandardScaler(), KFACAutoencoder(encoder_layer_sizes=(8, 2),
+                                                           max_iter=1, random_state=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe.fit(X)
+    assert list(pipe.get_feature_names_out()) == ["kfacautoencoder0", "kfacautoencoder1"]

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from skkfac.estimators.base import BaseKFACEstimator, store_parameters
 
 
 class MLPEstimator(BaseKFACEstimator):
     """A network ``n_features → hidden_layer_sizes → n_outputs`` (see the subclasses)."""
 
+    _parameter_constraints: ClassVar[dict] = {
+        **BaseKFACEstimator._parameter_constraints,
+        "hidden_layer_sizes": ["array-like"],
+    }
+
     def __init__(self, hidden_layer_sizes=(100,), activation="tanh", *, solver="kfac",
                  alpha=0.0, batch_size="auto", artificial_batch_size=None,
                  learning_rate_init=None, momentum=0.9, nesterovs_momentum=True,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  damping=0.1, damping_scheme="tikhonov", adapt_damping=True,
-                 adaptive_step=True, kl_clip=None,
-                 stat_decay="linear", momentum_rate=1.0, momentum_max=0.6,
-                 inv_update_freq=10, fisher="sampled", curvature_batch_size=256,
+                 adaptive_step=True, kl_clip=None, stat_decay="linear", momentum_rate=1.0,
+                 momentum_max=0.6, inv_update_freq=10, fisher="sampled",
+                 curvature_batch_size=256,
                  max_iter=200, max_time=None, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, shuffle=True,
                  eval_every=None, eval_interval=None, random_state=None, verbose=False,
-                 warm_start=False, device="auto", dtype="float32"):
+                 callbacks=None, warm_start=False, device="auto", dtype="float32"):
         store_parameters(self, locals())

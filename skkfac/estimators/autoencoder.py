@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from numbers import Integral
+from typing import ClassVar
 
 import numpy as np
-from sklearn.base import TransformerMixin
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
 from skkfac.estimators.base import BaseKFACEstimator, store_parameters
-from skkfac.estimators.docs import COMMON_PARAMETERS, FITTED_ATTRIBUTES
+from skkfac.estimators.docs import document
 
 
-class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
-    __doc__ = f"""Deep autoencoder trained by K-FAC or Nesterov SGD.
+@document
+class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFACEstimator):
+    """Deep autoencoder trained by K-FAC, Nesterov SGD or Adam.
 
     The network is ``n_features → encoder_layer_sizes → mirrored decoder → n_features``;
     the default is the study's (and Hinton & Salakhutdinov's) MNIST autoencoder
@@ -24,13 +26,11 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
 
     Parameters
     ----------
-    encoder_layer_sizes : tuple of int, default=(1000, 500, 250, 30)
-        Widths of the encoder's layers; the last one is the code size.
-{COMMON_PARAMETERS}
+    <parameters>
 
     Attributes
     ----------
-{FITTED_ATTRIBUTES}
+    <fitted attributes>
 
     Examples
     --------
@@ -44,20 +44,25 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
     True
     """
 
+    _parameter_constraints: ClassVar[dict] = {
+        **BaseKFACEstimator._parameter_constraints,
+        "encoder_layer_sizes": ["array-like"],
+    }
     _loss_name = "squared_error"
     _supervised = False
 
     def __init__(self, encoder_layer_sizes=(1000, 500, 250, 30), activation="tanh", *,
                  solver="kfac", alpha=0.0, batch_size="auto", artificial_batch_size=None,
                  learning_rate_init=None, momentum=0.9, nesterovs_momentum=True,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  damping=0.1, damping_scheme="tikhonov", adapt_damping=True,
-                 adaptive_step=True, kl_clip=None,
-                 stat_decay="linear", momentum_rate=1.0, momentum_max=0.6,
-                 inv_update_freq=10, fisher="sampled", curvature_batch_size=256,
+                 adaptive_step=True, kl_clip=None, stat_decay="linear", momentum_rate=1.0,
+                 momentum_max=0.6, inv_update_freq=10, fisher="sampled",
+                 curvature_batch_size=256,
                  max_iter=200, max_time=None, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, shuffle=True,
                  eval_every=None, eval_interval=None, random_state=None, verbose=False,
-                 warm_start=False, device="auto", dtype="float32"):
+                 callbacks=None, warm_start=False, device="auto", dtype="float32"):
         store_parameters(self, locals())
 
     def _layer_sizes(self):
@@ -76,9 +81,12 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-        y : ignored
-        eval_set : array-like or tuple, optional
-            Held-out inputs ``X_val`` (or ``(X_val,)``/``(X_val, None)``).
+            Training samples (inputs and targets).
+        y : None
+            Ignored.
+        eval_set : array-like, tuple or None, default=None
+            Held-out inputs ``X_val`` (or ``(X_val,)``/``(X_val, None)``), evaluated into
+            ``history_``; never trained on.
 
         Returns
         -------
@@ -89,6 +97,13 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
 
     def partial_fit(self, X, y=None):
         """One epoch over ``X``, continuing from the current state.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+        y : None
+            Ignored.
 
         Returns
         -------
@@ -113,12 +128,23 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
         return -float((output - target).square().mean())
 
     @property
+    def _n_features_out(self) -> int:
+        """Code size: ``get_feature_names_out`` names the codes ``kfacautoencoder0``..."""
+        check_is_fitted(self, "model_")
+        return self.encoder_layer_sizes[-1]
+
+    @property
     def _n_encoder_modules(self) -> int:
         # Each encoder layer is a Linear followed by its activation.
         return 2 * len(self.encoder_layer_sizes)
 
     def transform(self, X):
         """The code (output of the last encoder layer, after its activation).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
 
         Returns
         -------
@@ -132,6 +158,7 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, encoder_layer_sizes[-1])
+            Codes, as :meth:`transform` returns them.
 
         Returns
         -------
@@ -152,6 +179,11 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
     def predict(self, X):
         """Reconstruction of ``X``.
 
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+
         Returns
         -------
         X_reconstructed : ndarray of shape (n_samples, n_features)
@@ -160,6 +192,15 @@ class KFACAutoencoder(TransformerMixin, BaseKFACEstimator):
 
     def score(self, X, y=None, sample_weight=None):
         """Negative mean squared reconstruction error (higher is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+        y : None
+            Ignored.
+        sample_weight : array-like of shape (n_samples,) or None, default=None
+            Weights of the samples' errors.
 
         Returns
         -------

@@ -6,6 +6,7 @@ the network has, which loss it trains and how a held-out set is scored.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from numbers import Integral, Real
 from typing import ClassVar
@@ -19,17 +20,13 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skkfac.curvature import DAMPING_SCHEMES, STAT_DECAY_SCHEDULES
+from skkfac.callbacks import LogProgress, check_callbacks, verbose_logging
 from skkfac.losses import get_loss
 from skkfac.nn import ACTIVATIONS, build_mlp
-from skkfac.solvers import KFAC, NesterovSGD
-from skkfac.solvers.kfac import FISHER_TYPES
+from skkfac.solvers import SOLVERS, get_solver
+from skkfac.solvers.spec import estimator_parameters, solver_arguments
 from skkfac.training import Trainer, TrainingConfig, TrainingProgress
 
-#: Default learning rate of each solver when ``learning_rate_init=None``.
-DEFAULT_LEARNING_RATES = {"kfac": 1.0, "sgd": 0.01}
-#: ``batch_size='auto'`` means ``min(AUTO_BATCH_SIZE[solver], n_samples)``.
-AUTO_BATCH_SIZES = {"kfac": 1000, "sgd": 200}
 #: Rows per forward pass when predicting or evaluating (bounds memory).
 PREDICT_CHUNK = 8192
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -61,24 +58,13 @@ class BaseKFACEstimator(BaseEstimator):
 
     _parameter_constraints: ClassVar[dict] = {
         "activation": [StrOptions(set(ACTIVATIONS))],
-        "solver": [StrOptions({"kfac", "sgd"})],
+        "solver": [StrOptions(set(SOLVERS))],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "artificial_batch_size": [None, Interval(Integral, 1, None, closed="left")],
-        "learning_rate_init": [None, Interval(Real, 0, None, closed="neither")],
-        "momentum": [Interval(Real, 0, 1, closed="left")],
-        "nesterovs_momentum": ["boolean"],
-        "damping": [Interval(Real, 0, None, closed="left")],
-        "damping_scheme": [StrOptions(set(DAMPING_SCHEMES))],
-        "adapt_damping": ["boolean"],
-        "adaptive_step": ["boolean"],
-        "kl_clip": [None, Interval(Real, 0, None, closed="neither")],
-        "stat_decay": [StrOptions(set(STAT_DECAY_SCHEDULES))],
-        "momentum_rate": [Interval(Real, 0, None, closed="neither")],
-        "momentum_max": [Interval(Real, 0, 1, closed="left")],
-        "inv_update_freq": [Interval(Integral, 1, None, closed="left")],
-        "fisher": [StrOptions(set(FISHER_TYPES))],
-        "curvature_batch_size": [None, Interval(Integral, 1, None, closed="left")],
+        # The solvers' options, from their declarations (skkfac.solvers.spec).
+        **{name: parameter.constraints
+           for name, parameter in estimator_parameters().items()},
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "max_time": [None, Interval(Real, 0, None, closed="neither")],
         "tol": [Interval(Real, 0, None, closed="left")],
@@ -90,6 +76,7 @@ class BaseKFACEstimator(BaseEstimator):
         "eval_interval": [None, Interval(Real, 0, None, closed="neither")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "callbacks": [None, list],
         "warm_start": ["boolean"],
         "device": [str],
         "dtype": [StrOptions(set(DTYPES))],
@@ -129,10 +116,11 @@ class BaseKFACEstimator(BaseEstimator):
                 f"artificial_batch_size={self.artificial_batch_size} must be >= "
                 f"batch_size={self.batch_size}: it is the number of samples per update.")
         resolve_device(self.device)
+        check_callbacks(self.callbacks)
 
     def _effective_batch_size(self, n_samples: int) -> int:
         if self.batch_size == "auto":
-            return min(AUTO_BATCH_SIZES[self.solver], n_samples)
+            return min(get_solver(self.solver).auto_batch_size, n_samples)
         if self.batch_size > n_samples:
             warnings.warn(f"Got batch_size={self.batch_size} larger than the number of "
                           f"samples ({n_samples}); using {n_samples}.", UserWarning,
@@ -156,18 +144,12 @@ class BaseKFACEstimator(BaseEstimator):
         self._progress = TrainingProgress()
 
     def _make_solver(self, rng):
-        lr = self.learning_rate_init or DEFAULT_LEARNING_RATES[self.solver]
-        if self.solver == "sgd":
-            return NesterovSGD(self.model_, self._loss_name, lr=lr, momentum=self.momentum,
-                               nesterov=self.nesterovs_momentum, alpha=self.alpha)
-        return KFAC(self.model_, self._loss_name, lr=lr, damping=self.damping,
-                    damping_scheme=self.damping_scheme, adapt_damping=self.adapt_damping,
-                    adaptive_step=self.adaptive_step, kl_clip=self.kl_clip,
-                    stat_decay=self.stat_decay,
-                    momentum_rate=self.momentum_rate, momentum_max=self.momentum_max,
-                    inv_update_freq=self.inv_update_freq, fisher=self.fisher,
-                    curvature_batch_size=self.curvature_batch_size, alpha=self.alpha,
-                    random_state=int(rng.randint(2**31 - 1)))
+        """The chosen solver, built from the parameters it declares."""
+        cls = get_solver(self.solver)
+        arguments = solver_arguments(cls, self.get_params(deep=False))
+        if "random_state" in inspect.signature(cls).parameters:  # K-FAC's sampling
+            arguments["random_state"] = int(rng.randint(2**31 - 1))
+        return cls(self.model_, self._loss_name, alpha=self.alpha, **arguments)
 
     # -- fitting -----------------------------------------------------------------------------
     #: False for the autoencoder: its targets are its inputs.
@@ -195,7 +177,7 @@ class BaseKFACEstimator(BaseEstimator):
         rng = check_random_state(self.random_state)
         if first_fit:
             self._initialize(X.shape[1], self._n_outputs(y_encoded), rng)
-        elif (self.solver == "kfac") != isinstance(self.solver_, KFAC):
+        elif self.solver_.name != self.solver:
             self.solver_ = self._make_solver(rng)
 
         X_train, y_train = X, y_encoded
@@ -212,15 +194,19 @@ class BaseKFACEstimator(BaseEstimator):
             artificial_batch_size=self.artificial_batch_size, max_epochs=self.max_iter,
             max_time=self.max_time, tol=self.tol, n_iter_no_change=self.n_iter_no_change,
             early_stopping=validate is not None, eval_every=self.eval_every,
-            eval_interval=self.eval_interval, shuffle=self.shuffle, verbose=bool(self.verbose))
-        trainer = Trainer(config, evaluate=evaluate, validate=validate)
+            eval_interval=self.eval_interval, shuffle=self.shuffle)
+        callbacks = [LogProgress()] if self.verbose else []
+        callbacks += check_callbacks(self.callbacks)
+        trainer = Trainer(config, evaluate=evaluate, validate=validate, callbacks=callbacks,
+                          estimator=self)
         X_t = self._to_tensor(X_train)
         y_t = self._to_tensor(y_train, integer=self._loss_name == "cross_entropy")
         self.model_.train()
-        progress = trainer.run(self.solver_, X_t, y_t, self._progress,
-                               rng=self._shuffle_rng,
-                               max_epochs=1 if incremental else None,
-                               incremental=incremental)
+        with verbose_logging(bool(self.verbose)):
+            progress = trainer.run(self.solver_, X_t, y_t, self._progress,
+                                   rng=self._shuffle_rng,
+                                   max_epochs=1 if incremental else None,
+                                   incremental=incremental)
         self.model_.eval()
         self._publish(progress, incremental)
         return self
@@ -258,14 +244,20 @@ class BaseKFACEstimator(BaseEstimator):
         self.model_.train(was_training)
         return loss, score
 
-    def _publish(self, progress: TrainingProgress, incremental: bool) -> None:
-        """Expose the training progress as sklearn-style fitted attributes."""
+    def _publish(self, progress: TrainingProgress, incremental: bool, *,
+                 warn: bool = True) -> None:
+        """Expose the training progress as sklearn-style fitted attributes.
+
+        Also called during training by :class:`skkfac.callbacks.Checkpoint`
+        (``warn=False``).
+        """
         self.n_iter_ = progress.n_epochs
         self.n_updates_ = progress.n_updates
         self.t_ = progress.samples_seen
         self.train_time_ = progress.train_time
         self.loss_curve_ = list(progress.loss_curve)
         self.loss_ = self.loss_curve_[-1] if self.loss_curve_ else float("nan")
+        # TODO(merge): drop n_rejected_steps once KFAC.step returns a StepReport.
         self.n_rejected_updates_ = (progress.n_rejected_updates
                                     + getattr(self.solver_, "n_rejected_steps", 0))
         self.stop_reason_ = progress.stop_reason
@@ -278,7 +270,7 @@ class BaseKFACEstimator(BaseEstimator):
             self.validation_scores_ = None
             self.best_validation_score_ = None
             self.best_loss_ = progress.best_loss
-        if progress.stop_reason == "max_iter" and not incremental:
+        if warn and progress.stop_reason == "max_iter" and not incremental:
             warnings.warn(f"Stochastic optimizer: maximum iterations ({self.max_iter}) "
                           "reached and the optimization hasn't converged yet.",
                           ConvergenceWarning, stacklevel=4)

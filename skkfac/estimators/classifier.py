@@ -8,24 +8,25 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 
 from skkfac.estimators._params import MLPEstimator
-from skkfac.estimators.docs import COMMON_PARAMETERS, FITTED_ATTRIBUTES
+from skkfac.estimators.docs import document
 
 
+@document
 class KFACClassifier(ClassifierMixin, MLPEstimator):
-    __doc__ = f"""Multi-layer perceptron classifier trained by K-FAC or Nesterov SGD.
+    """Multi-layer perceptron classifier trained by K-FAC, Nesterov SGD or Adam.
 
     The network has one output per class, a softmax and the cross-entropy loss; labels
     may be any hashable values (strings, integers).
 
     Parameters
     ----------
-{COMMON_PARAMETERS}
+    <parameters>
 
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
         The class labels.
-{FITTED_ATTRIBUTES}
+    <fitted attributes>
 
     Examples
     --------
@@ -42,6 +43,16 @@ class KFACClassifier(ClassifierMixin, MLPEstimator):
     def fit(self, X, y, eval_set=None):
         """Train on ``(X, y)``; ``eval_set=(X_val, y_val)`` records learning curves.
 
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+        y : array-like of shape (n_samples,)
+            Class labels (any hashable values).
+        eval_set : tuple (X_val, y_val) or None, default=None
+            Held-out data evaluated on the schedule of ``eval_every``/``eval_interval``
+            (once per epoch by default) into ``history_``; never trained on.
+
         Returns
         -------
         self : KFACClassifier
@@ -51,6 +62,15 @@ class KFACClassifier(ClassifierMixin, MLPEstimator):
 
     def partial_fit(self, X, y, classes=None):
         """One epoch over ``(X, y)``; ``classes`` is required on the first call.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+        y : array-like of shape (n_samples,)
+            Class labels.
+        classes : array-like of shape (n_classes,) or None, default=None
+            Every class that may appear; required on the first call, ignored after.
 
         Returns
         -------
@@ -89,6 +109,11 @@ class KFACClassifier(ClassifierMixin, MLPEstimator):
     def predict_proba(self, X):
         """Class probabilities.
 
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+
         Returns
         -------
         proba : ndarray of shape (n_samples, n_classes)
@@ -100,6 +125,11 @@ class KFACClassifier(ClassifierMixin, MLPEstimator):
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`, computed stably.
 
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+
         Returns
         -------
         log_proba : ndarray of shape (n_samples, n_classes)
@@ -109,6 +139,11 @@ class KFACClassifier(ClassifierMixin, MLPEstimator):
 
     def predict(self, X):
         """Most probable class per sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
 
         Returns
         -------

@@ -7,22 +7,23 @@ import torch
 from sklearn.base import RegressorMixin
 
 from skkfac.estimators._params import MLPEstimator
-from skkfac.estimators.docs import COMMON_PARAMETERS, FITTED_ATTRIBUTES
+from skkfac.estimators.docs import document
 
 
+@document
 class KFACRegressor(RegressorMixin, MLPEstimator):
-    __doc__ = f"""Multi-layer perceptron regressor trained by K-FAC or Nesterov SGD.
+    """Multi-layer perceptron regressor trained by K-FAC, Nesterov SGD or Adam.
 
     The loss is the mean squared error over samples and outputs. ``predict`` returns a
     1-d array when ``y`` was 1-d at fit time, else ``(n_samples, n_outputs)``.
 
     Parameters
     ----------
-{COMMON_PARAMETERS}
+    <parameters>
 
     Attributes
     ----------
-{FITTED_ATTRIBUTES}
+    <fitted attributes>
 
     Examples
     --------
@@ -40,6 +41,16 @@ class KFACRegressor(RegressorMixin, MLPEstimator):
     def fit(self, X, y, eval_set=None):
         """Train on ``(X, y)``; ``eval_set=(X_val, y_val)`` records learning curves.
 
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets.
+        eval_set : tuple (X_val, y_val) or None, default=None
+            Held-out data evaluated on the schedule of ``eval_every``/``eval_interval``
+            (once per epoch by default) into ``history_``; never trained on.
+
         Returns
         -------
         self : KFACRegressor
@@ -49,6 +60,13 @@ class KFACRegressor(RegressorMixin, MLPEstimator):
 
     def partial_fit(self, X, y):
         """One epoch over ``(X, y)``, continuing from the current state.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets.
 
         Returns
         -------
@@ -83,6 +101,11 @@ class KFACRegressor(RegressorMixin, MLPEstimator):
 
     def predict(self, X):
         """Predicted targets.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input samples.
 
         Returns
         -------

@@ -1,21 +1,27 @@
 """What every solver shares: micro-batch accumulation, L2 penalty, backup/restore.
 
 A solver sees training as ``accumulate(X, y)`` called on one or more micro-batches,
-then ``step()``. Gradients (and, for K-FAC, curvature statistics) are *summed* over
-examples while accumulating and divided by the example count in ``step``, so an
-artificial batch made of several micro-batches gives exactly the update of the
-concatenated batch.
+then ``step()``, which returns a :class:`~skkfac.solvers.spec.StepReport`. Gradients
+(and, for K-FAC, curvature statistics) are *summed* over examples while accumulating and
+divided by the example count in ``step``, so an artificial batch made of several
+micro-batches gives exactly the update of the concatenated batch.
+
+:class:`TorchOptimizerSolver` adapts any ``torch.optim`` optimizer to this interface
+(SGD and Adam are declarations on top of it).
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
+from sklearn.utils._param_validation import validate_parameter_constraints
 from torch import nn
 
 from skkfac.losses import get_loss
 from skkfac.nn import linear_layers
+from skkfac.solvers.spec import Hyperparameter, StepReport
 
 
 class Solver:
@@ -32,6 +38,12 @@ class Solver:
         matrices (biases are not penalised).
     """
 
+    #: The name it is registered under (set by :func:`~skkfac.solvers.spec.register_solver`).
+    name: ClassVar[str]
+    #: The keyword arguments the estimators pass, each declared once.
+    hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = ()
+    #: ``batch_size='auto'`` in the estimators is ``min(auto_batch_size, n_samples)``.
+    auto_batch_size: ClassVar[int] = 200
     #: Whether a diverged update can be undone and training continued.
     recovers_from_divergence = False
 
@@ -77,8 +89,16 @@ class Solver:
         """Drop what has been accumulated since the last step."""
         self._reset_accumulation()
 
-    def step(self) -> None:  # pragma: no cover - abstract
+    def step(self) -> StepReport:  # pragma: no cover - abstract
+        """One update from everything accumulated since the last step."""
         raise NotImplementedError
+
+    @classmethod
+    def check_hyperparameters(cls, **values) -> None:
+        """Raise a clear error when a value breaks its declared constraints."""
+        declared = {h.name: h.constraints for h in cls.hyperparameters}
+        validate_parameter_constraints(
+            {name: declared[name] for name in values}, values, caller_name=cls.__name__)
 
     # -- divergence handling -----------------------------------------------------------
     def backup(self) -> None:
@@ -108,3 +128,33 @@ class Solver:
     def is_rejected(self, batch_loss: float) -> bool:
         """Whether the loss seen after the last update means that update must be undone."""
         return not math.isfinite(batch_loss)
+
+
+class TorchOptimizerSolver(Solver):
+    """A first-order solver: a ``torch.optim`` optimizer applied to the mean gradient.
+
+    Subclasses build ``self.optimizer`` over ``self.params`` in their constructor and
+    may say which optimizer option is the step's momentum (:attr:`momentum_option`).
+    Updates are never rejected by the solver itself; a diverged loss is handled by the
+    trainer (:class:`skkfac.training.Trainer`).
+    """
+
+    #: The optimizer option reported as :attr:`StepReport.momentum` (None: not reported).
+    momentum_option: ClassVar[str | None] = None
+
+    optimizer: torch.optim.Optimizer
+
+    def step(self) -> StepReport:
+        """Apply the optimizer to the mean gradient of what was accumulated."""
+        if self.n_accumulated == 0:
+            raise RuntimeError("step() needs accumulate(X, y) first: nothing accumulated.")
+        self._mean_gradients()
+        self.optimizer.step()
+        self._reset_accumulation()
+        group = self.optimizer.param_groups[0]
+        momentum = group[self.momentum_option] if self.momentum_option else None
+        return StepReport(accepted=True, step_size=group["lr"], momentum=momentum)
+
+    def on_restore(self) -> None:
+        """After a rejected update: forget the optimizer's running state (momentum)."""
+        self.optimizer.state.clear()

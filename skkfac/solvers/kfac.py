@@ -20,18 +20,22 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
+from numbers import Integral, Real
 
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 from torch.func import functional_call, jvp
 
 from skkfac.curvature import DAMPING_SCHEMES, STAT_DECAY_SCHEDULES, KroneckerBlock, stat_decay
 from skkfac.distributed import Communicator, compute_on_owners
 from skkfac.nn import sequential_jvp, supports_fast_jvp
 from skkfac.solvers.base import Solver
+from skkfac.solvers.spec import Hyperparameter, register_solver
 
 FISHER_TYPES = ("sampled", "exact", "empirical")
 
 
+@register_solver("kfac")
 class KFAC(Solver, torch.optim.Optimizer):
     """Kronecker-factored natural-gradient optimizer for networks of ``nn.Linear`` layers.
 
@@ -140,6 +144,59 @@ class KFAC(Solver, torch.optim.Optimizer):
     >>> [tuple(block.A.shape) for block in opt.blocks]  # inputs + 1 (bias)
     [(5, 5), (17, 17)]
     """
+
+    # -- declarations read by the estimators (skkfac.solvers.spec) -----------------------
+    hyperparameters = (
+        Hyperparameter(
+            "lr", 1.0, [Interval(Real, 0, None, closed="neither")],
+            "with ``adaptive_step``, a multiplier of the step that minimises the "
+            "quadratic model (1 = that optimum); otherwise the step size.",
+            estimator_name="learning_rate_init"),
+        Hyperparameter(
+            "damping", 0.1, [Interval(Real, 0, None, closed="left")],
+            "K-FAC Tikhonov damping λ relative to the average eigenvalue of the Kronecker "
+            "factors at the first update (so it does not depend on the scale of the loss "
+            "or the data); initial value when ``adapt_damping``."),
+        Hyperparameter(
+            "damping_scheme", "tikhonov", [StrOptions(set(DAMPING_SCHEMES))],
+            "K-FAC damping: factored Tikhonov, exact Tikhonov in the eigenbasis, or the "
+            "study's divide-by-max normalisation. See :class:`skkfac.KFAC`."),
+        Hyperparameter(
+            "adapt_damping", True, ["boolean"],
+            "Adapt λ by the Levenberg–Marquardt rule (K-FAC)."),
+        Hyperparameter(
+            "adaptive_step", True, ["boolean"],
+            "K-FAC: choose the step size and the momentum of every update by minimising "
+            "the exact (Gauss–Newton) quadratic model in the plane of the K-FAC direction "
+            "and the previous step (Martens & Grosse 2015, §7). ``False``: fixed learning "
+            "rate, and momentum from the running-average schedule as in the study."),
+        Hyperparameter(
+            "kl_clip", None, [None, Interval(Real, 0, None, closed="neither")],
+            "Bound on the Fisher norm of each K-FAC update when ``adaptive_step=False``."),
+        Hyperparameter(
+            "stat_decay", "linear", [StrOptions(set(STAT_DECAY_SCHEDULES))],
+            "Running-average schedule of K-FAC's Kronecker factors."),
+        Hyperparameter(
+            "momentum_rate", 1.0, [Interval(Real, 0, None, closed="neither")],
+            "K-FAC ``m_rate`` of the linear schedule ``α_k = min(0.05·k·m_rate, m_max)``."),
+        Hyperparameter(
+            "momentum_max", 0.6, [Interval(Real, 0, 1, closed="left")],
+            "K-FAC ``m_max``; ``α_k`` is also the momentum of the update, as in the study."),
+        Hyperparameter(
+            "inv_update_freq", 10, [Interval(Integral, 1, None, closed="left")],
+            "Recompute K-FAC's inverses every this many updates."),
+        Hyperparameter(
+            "fisher", "sampled", [StrOptions(set(FISHER_TYPES))],
+            "How K-FAC estimates ``G``: targets sampled from the model (true Fisher), the "
+            "exact expectation (one backward per output), or the labels (empirical "
+            "Fisher)."),
+        Hyperparameter(
+            "curvature_batch_size", 256, [None, Interval(Integral, 1, None, closed="left")],
+            "Estimate K-FAC's factors (and its quadratic model) on the first this many "
+            "samples of each update's batch, artificial batches included; ``None``: all "
+            "of them. Keeps the curvature's cost independent of the batch size."),
+    )
+    auto_batch_size = 1000  # K-FAC wants large batches
 
     recovers_from_divergence = True
 

@@ -10,10 +10,12 @@ module and registering it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions, make_constraint
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,96 @@ def get_solver(name: str) -> type:
 
 
 @dataclass
+class EstimatorParameter:
+    """An estimator parameter that one or several solvers declare.
+
+    Attributes
+    ----------
+    name : str
+        The estimators' name (:attr:`Hyperparameter.parameter`).
+    default : object
+        The common default of the declarations, or ``None`` when the solvers' defaults
+        differ: ``None`` then means "the chosen solver's own default".
+    constraints : list
+        The declarations' constraints (shared by every solver that declares the
+        parameter), plus ``None`` when the default is per solver.
+    declarations : dict of str to Hyperparameter
+        The declaration of each solver that takes the parameter, by solver name.
+    """
+
+    name: str
+    default: Any
+    constraints: list
+    declarations: dict = field(default_factory=dict)
+
+    @property
+    def per_solver_default(self) -> bool:
+        """Whether ``None`` stands for each solver's own default."""
+        defaults = [h.default for h in self.declarations.values()]
+        return any(d != defaults[0] for d in defaults)
+
+
+def _constraint_key(constraint) -> tuple:
+    """A comparable description of a scikit-learn constraint (StrOptions are sets)."""
+    constraint = make_constraint(constraint)
+    if isinstance(constraint, StrOptions):
+        return ("options", tuple(sorted(constraint.options)))
+    if isinstance(constraint, Interval):
+        return ("interval", constraint.type.__name__, constraint.left, constraint.right,
+                constraint.closed)
+    return (type(constraint).__name__, str(constraint))
+
+
+def estimator_parameters(solvers: Mapping[str, type] | None = None,
+                         ) -> dict[str, EstimatorParameter]:
+    """The estimator parameters declared by ``solvers`` (default: every registered one).
+
+    A parameter declared by several solvers must carry the same constraints everywhere;
+    when their defaults differ (the learning rate), the estimators' default is ``None``,
+    which :func:`solver_arguments` turns into the chosen solver's default.
+
+    Returns
+    -------
+    parameters : dict of str to EstimatorParameter
+        In order of first declaration (solvers in registration order).
+    """
+    solvers = SOLVERS if solvers is None else solvers
+    parameters: dict[str, EstimatorParameter] = {}
+    for solver_name, cls in solvers.items():
+        for hyper in cls.hyperparameters:
+            entry = parameters.setdefault(
+                hyper.parameter,
+                EstimatorParameter(hyper.parameter, hyper.default, list(hyper.constraints)))
+            keys = [_constraint_key(c) for c in hyper.constraints]
+            if keys != [_constraint_key(c) for c in entry.constraints]:
+                raise ValueError(f"Solvers declare {hyper.parameter!r} with different "
+                                 f"constraints ({solver_name!r} differs).")
+            entry.declarations[solver_name] = hyper
+    for entry in parameters.values():
+        if entry.per_solver_default:
+            entry.default = None
+            if None not in entry.constraints:
+                entry.constraints = [None, *entry.constraints]
+    return parameters
+
+
+def solver_arguments(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of solver ``cls`` taken from an estimator's parameter values.
+
+    Each of ``cls.hyperparameters`` is read under its estimator name
+    (:attr:`Hyperparameter.parameter`); a ``None`` that the declaration does not allow
+    means "this solver's default" (``learning_rate_init=None``).
+    """
+    arguments = {}
+    for hyper in cls.hyperparameters:
+        value = values[hyper.parameter]
+        if value is None and None not in hyper.constraints:
+            value = hyper.default
+        arguments[hyper.name] = value
+    return arguments
+
+
+@dataclass
 class StepReport:
     """What one call of a solver's ``step()`` did.
 
@@ -108,14 +200,22 @@ class StepReport:
     FIELDS = ("accepted", "loss_before", "loss_after", "rho", "damping", "step_size",
               "momentum")
 
-    def fetch(self) -> dict[str, Any]:
-        """All fields as Python values (bool / float / None), with one device transfer."""
+    def fetch(self, *extra: torch.Tensor) -> dict[str, Any]:
+        """All fields as Python values (bool / float / None), with one device transfer.
+
+        ``extra`` 0-d tensors (on the same device) are read in the same transfer and
+        returned as a tuple of floats under the key ``'extra'``: the trainer reads a
+        batch's loss together with the previous step's report.
+        """
         values = {name: getattr(self, name) for name in self.FIELDS}
         tensors = {name: v for name, v in values.items() if isinstance(v, torch.Tensor)}
+        tensors.update((("extra", i), t) for i, t in enumerate(extra))
         if tensors:
             stacked = torch.stack([v.detach().reshape(()).to(torch.float64)
                                    for v in tensors.values()]).cpu().tolist()
             values.update(zip(tensors, stacked))
+        if extra:
+            values["extra"] = tuple(values.pop(("extra", i)) for i in range(len(extra)))
         values["accepted"] = bool(values["accepted"])
         for name in self.FIELDS[1:]:
             if values[name] is not None:

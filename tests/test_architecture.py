@@ -1,0 +1,204 @@
+"""One declaration per solver: the registry, the estimators built from it, step reports."""
+
+import inspect
+import math
+from numbers import Real
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_regression
+from sklearn.utils._param_validation import Interval
+from torch import nn
+
+from skkfac import KFACAutoencoder, KFACClassifier, KFACRegressor
+from skkfac.estimators.base import BaseKFACEstimator
+from skkfac.search import SEARCH_SPACES, search_space
+from skkfac.solvers import SOLVERS, Adam, Hyperparameter, Solver, StepReport
+from skkfac.solvers.spec import estimator_parameters, solver_arguments
+from skkfac.training import MAX_CONSECUTIVE_REJECTIONS, Trainer, TrainingConfig, TrainingProgress
+
+ESTIMATORS = [KFACRegressor, KFACClassifier, KFACAutoencoder]
+LAYER_SIZES = {"hidden_layer_sizes", "encoder_layer_sizes"}
+
+
+def test_registry_holds_the_three_solvers_with_their_declarations():
+    assert list(SOLVERS) == ["kfac", "sgd", "adam"]
+    for name, cls in SOLVERS.items():
+        assert cls.name == name and issubclass(cls, Solver)
+        assert cls.hyperparameters and all(isinstance(h, Hyperparameter)
+                                           for h in cls.hyperparameters)
+        assert cls.auto_batch_size >= 1
+    assert {name: cls.auto_batch_size for name, cls in SOLVERS.items()} == {
+        "kfac": 1000, "sgd": 200, "adam": 200}
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_solver_constructors_match_their_declarations(name):
+    cls = SOLVERS[name]
+    signature = inspect.signature(cls).parameters
+    for hyper in cls.hyperparameters:
+        assert signature[hyper.name].default == hyper.default, hyper.name
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: e.__name__)
+def test_estimator_signature_is_the_union_of_the_declarations(estimator):
+    """Every solver option is a parameter, with the declared default; nothing else is."""
+    signature = inspect.signature(estimator.__init__).parameters
+    declared = estimator_parameters()
+    own = set(BaseKFACEstimator._parameter_constraints) - set(declared)
+    assert set(signature) - {"self"} == own | set(declared) | (LAYER_SIZES & set(signature))
+    for name, parameter in declared.items():
+        assert signature[name].default == parameter.default, name
+        assert estimator._parameter_constraints[name] == parameter.constraints
+    assert signature["learning_rate_init"].default is None  # each solver's own default
+    # The docstring documents exactly the signature's parameters, in order.
+    documented = [line.split(" : ")[0].strip() for line in estimator.__doc__.splitlines()
+                  if line.startswith("    ") and not line.startswith("     ")
+                  and " : " in line]
+    assert documented[:len(signature) - 1] == [n for n in signature if n != "self"]
+
+
+@pytest.mark.parametrize("solver, expected", [
+    ("sgd", dict(lr=0.01, momentum=0.5, nesterov=False)),
+    ("adam", dict(lr=0.001, beta_1=0.8, beta_2=0.999, epsilon=1e-8)),
+])
+def test_solver_arguments_pick_the_declared_parameters(solver, expected):
+    reg = KFACRegressor(solver=solver, momentum=0.5, nesterovs_momentum=False, beta_1=0.8)
+    assert solver_arguments(SOLVERS[solver], reg.get_params()) == expected
+    kfac = solver_arguments(SOLVERS["kfac"], KFACRegressor(learning_rate_init=0.3).get_params())
+    assert kfac["lr"] == 0.3 and kfac["damping"] == 0.1 and "momentum" not in kfac
+
+
+def test_estimators_build_the_chosen_solver():
+    X, y = make_regression(n_samples=40, n_features=3, random_state=0)
+    reg = KFACRegressor(hidden_layer_sizes=(4,), solver="adam", beta_1=0.8, max_iter=1,
+                        random_state=0)
+    with pytest.warns(Warning):
+        reg.fit(X, y / y.std())
+    assert isinstance(reg.solver_, Adam)
+    group = reg.solver_.optimizer.param_groups[0]
+    assert group["lr"] == 0.001 and group["betas"] == (0.8, 0.999) and group["eps"] == 1e-8
+    reg.set_params(solver="sgd", warm_start=True)
+    with pytest.warns(Warning):
+        reg.fit(X, y / y.std())
+    assert reg.solver_.name == "sgd"
+    assert reg.solver_.optimizer.param_groups[0]["lr"] == 0.01
+
+
+def test_conflicting_declarations_are_refused():
+    class A:
+        hyperparameters = (Hyperparameter("lr", 1.0, [Interval(Real, 0, None,
+                                                                closed="neither")], "a"),)
+
+    class B:
+        hyperparameters = (Hyperparameter("lr", 0.1, [Interval(Real, 0, 1, closed="left")],
+                                          "b"),)
+
+    with pytest.raises(ValueError, match="different constraints"):
+        estimator_parameters({"a": A, "b": B})
+    merged = estimator_parameters({"a": A, "c": A})["lr"]
+    assert merged.default == 1.0 and not merged.per_solver_default
+
+
+def test_adam_first_step_is_the_closed_form():
+    """Adam's first step moves each weight by ``lr·ĝ/(|ĝ|+ε)`` with ĝ the L2-penalised mean."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2)).double()
+    X, y = torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 2, dtype=torch.float64)
+    W0, b0 = model[0].weight.detach().clone(), model[0].bias.detach().clone()
+    residual = X @ W0.T + b0 - y                 # squared_error: mean over outputs of r²/1
+    per_example_scale = 2.0 / y.shape[1] / len(X)
+    grad_W = per_example_scale * residual.T @ X + 0.1 * W0
+    grad_b = per_example_scale * residual.sum(0)
+    adam = Adam(model, "squared_error", lr=0.01, epsilon=1e-8, alpha=0.1)
+    adam.accumulate(X[:4], y[:4])
+    adam.accumulate(X[4:], y[4:])                # two micro-batches = one batch
+    report = adam.step()
+    assert report.accepted is True and report.step_size == 0.01 and report.momentum is None
+    for new, old, grad in [(model[0].weight, W0, grad_W), (model[0].bias, b0, grad_b)]:
+        expected = old - 0.01 * grad / (grad.abs() + 1e-8)
+        torch.testing.assert_close(new.detach(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_solver_checks_its_declared_constraints():
+    model = nn.Sequential(nn.Linear(2, 1))
+    with pytest.raises(ValueError, match="beta_1"):
+        Adam(model, beta_1=1.0)
+    with pytest.raises(RuntimeError, match="accumulate"):
+        Adam(model).step()
+
+
+def test_step_report_fetch_reads_extra_values_in_the_same_transfer():
+    report = StepReport(accepted=torch.tensor(False), rho=torch.tensor(0.5), damping=0.25)
+    values = report.fetch(torch.tensor(3.0))
+    assert values["accepted"] is False and values["rho"] == 0.5 and values["damping"] == 0.25
+    assert values["extra"] == (3.0,) and values["step_size"] is None
+
+
+def test_search_spaces_cover_every_registered_solver():
+    assert set(SEARCH_SPACES) == set(SOLVERS)
+    for name, cls in SOLVERS.items():
+        space = search_space(name, n_samples=500)
+        own = {h.parameter for h in cls.hyperparameters} | {"batch_size"}
+        assert set(space) <= own, name
+        assert "learning_rate_init" in space
+    with pytest.raises(ValueError, match="solver must be one of"):
+        search_space("lbfgs")
+
+
+@pytest.mark.parametrize("solver, step_size, momentum", [
+    ("sgd", 0.01, 0.9), ("adam", 0.001, math.nan)])
+def test_history_records_the_step_reports(solver, step_size, momentum):
+    X, y = make_regression(n_samples=60, n_features=3, random_state=0)
+    reg = KFACRegressor(hidden_layer_sizes=(4,), solver=solver, max_iter=3, batch_size=20,
+                        random_state=0)
+    with pytest.warns(Warning):
+        reg.fit(X, y / y.std())
+    history = reg.history_
+    for column in ("damping", "rho", "step_size", "momentum"):
+        assert column in history.columns
+    assert np.isnan(history["step_size"].iloc[0])     # the row before any update
+    np.testing.assert_array_equal(history["step_size"].iloc[1:], step_size)
+    np.testing.assert_array_equal(history["momentum"].iloc[1:], momentum)
+    assert history["damping"].isna().all() and history["rho"].isna().all()
+
+
+class _Judged(Solver):
+    """Plain gradient descent whose updates are accepted per a given pattern."""
+
+    def __init__(self, model, pattern):
+        super().__init__(model, "squared_error")
+        self.pattern = list(pattern)
+
+    def step(self):
+        self._mean_gradients()
+        accepted = self.pattern.pop(0) if self.pattern else True
+        if accepted:
+            with torch.no_grad():
+                for p in self.params:
+                    p -= 0.01 * p.grad
+        self._reset_accumulation()
+        return StepReport(accepted=torch.tensor(accepted), damping=torch.tensor(2.0))
+
+
+def _run_judged(pattern, n_updates):
+    torch.manual_seed(0)
+    X, y = torch.randn(10 * n_updates, 2), torch.randn(10 * n_updates, 1)
+    solver = _Judged(nn.Sequential(nn.Linear(2, 1)), pattern)
+    trainer = Trainer(TrainingConfig(batch_size=10, max_epochs=1, shuffle=False))
+    return trainer.run(solver, X, y, TrainingProgress(), rng=np.random.RandomState(0))
+
+
+def test_trainer_counts_rejections_from_step_reports():
+    progress = _run_judged([True, False, False, True, False], n_updates=8)
+    assert progress.n_updates == 8 and progress.n_rejected_updates == 3
+    assert progress.history[-1]["damping"] == 2.0
+    assert progress.stop_reason == "max_iter"
+
+
+def test_trainer_stops_after_consecutive_rejections():
+    with pytest.warns(RuntimeWarning, match="consecutive updates were rejected"):
+        progress = _run_judged([False] * 20, n_updates=20)
+    assert progress.stop_reason == "diverged"
+    assert progress.n_rejected_updates == MAX_CONSECUTIVE_REJECTIONS
