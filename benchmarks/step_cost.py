@@ -1,11 +1,13 @@
-"""Cost of one update of K-FAC against SGD on the study's MNIST autoencoder network.
+"""Cost of one update of K-FAC against SGD on the study's networks.
 
 Prints, per batch size, the median seconds per update of SGD-Nesterov and of K-FAC (with
 its phase split and the share of time spent inverting — the study's Figure 3, right), the
 K-FAC/SGD ratio measured in the same run, and peak memory. Random data: cost does not
-depend on the pixel values.
+depend on the values. ``--network cifar10`` times the study's CIFAR-10 classifier
+(3072-3000-2000-1500-1000-250-10) instead of the MNIST autoencoder.
 
     python benchmarks/step_cost.py [--batch-sizes 250 1000 4096 10000] [--repeats 7]
+    python benchmarks/step_cost.py --network cifar10 --batch-sizes 1000
 """
 
 from __future__ import annotations
@@ -21,21 +23,30 @@ from skkfac import KFAC
 from skkfac.nn import build_mlp
 from skkfac.solvers import NesterovSGD
 
-LAYERS = (1000, 500, 250, 30, 250, 500, 1000)
+NETWORKS = {
+    # name: (inputs, hidden layers, outputs, loss)
+    "mnist_ae": (784, (1000, 500, 250, 30, 250, 500, 1000), 784, "squared_error"),
+    "cifar10": (3072, (3000, 2000, 1500, 1000, 250), 10, "cross_entropy"),
+}
 
 
-def median_step_seconds(solver, X, repeats: int) -> float:
-    """Median wall time of accumulate + step, after two warm-up updates."""
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timing must include it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_updates(solver, X, y, updates: int) -> list[float]:
+    """Wall time of each of ``updates`` accumulate + step calls (device work included)."""
     times = []
-    for i in range(repeats + 2):
+    for _ in range(updates):
+        synchronize(X.device)
         start = time.perf_counter()
-        solver.accumulate(X, X)
+        solver.accumulate(X, y)
         solver.step()
-        if X.device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        synchronize(X.device)
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def peak_memory_mib(device) -> float:
@@ -44,8 +55,16 @@ def peak_memory_mib(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def batch_for(network: str, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    n_inputs, _, n_outputs, loss = NETWORKS[network]
+    X = torch.rand(batch, n_inputs, device=device)
+    y = X if loss == "squared_error" else torch.randint(0, n_outputs, (batch,), device=device)
+    return X, y
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--network", choices=sorted(NETWORKS), default="mnist_ae")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[250, 1000, 4096, 10000])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--inv-update-freq", type=int, default=10)
@@ -55,33 +74,32 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    print(f"MNIST autoencoder 784-{'-'.join(map(str, LAYERS))}-784 on {device}, "
-          f"{torch.get_num_threads()} threads; K-FAC: {args.damping_scheme}, "
-          f"inv_update_freq={args.inv_update_freq}, "
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    n_inputs, hidden, n_outputs, loss = NETWORKS[args.network]
+    widths = "-".join(map(str, (n_inputs, *hidden, n_outputs)))
+    print(f"{args.network} {widths} on {device}, {torch.get_num_threads()} threads; "
+          f"K-FAC: {args.damping_scheme}, inv_update_freq={args.inv_update_freq}, "
           f"curvature_batch_size={args.curvature_batch_size}")
-    header = (f"{'batch':>6} {'sgd s':>8} {'kfac s':>8} {'ratio':>6} {'fwd/bwd':>8} "
-              f"{'stats':>7} {'inverse':>8} {'precond':>8} {'update':>7} {'inv %':>6} "
-              f"{'peak MiB':>9}")
-    print(header)
+    print(f"{'batch':>6} {'sgd s':>8} {'kfac s':>8} {'ratio':>6} {'fwd/bwd':>8} "
+          f"{'stats':>7} {'inverse':>8} {'precond':>8} {'update':>7} {'inv %':>6} "
+          f"{'peak MiB':>9}")
     for batch in args.batch_sizes:
-        X = torch.rand(batch, 784, device=device)
-        sgd = NesterovSGD(build_mlp(784, LAYERS, 784, device=device), lr=0.1, momentum=0.9)
-        sgd_seconds = median_step_seconds(sgd, X, args.repeats)
-        # Every update of the timed window pays 1/inv_update_freq of an inversion on
-        # average: time a whole number of inversion periods.
-        repeats = max(args.repeats, args.inv_update_freq)
-        kfac = KFAC(build_mlp(784, LAYERS, 784, device=device), lr=0.1,
+        X, y = batch_for(args.network, batch, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sgd = NesterovSGD(build_mlp(n_inputs, hidden, n_outputs, device=device), loss,
+                          lr=0.01, momentum=0.9)
+        sgd_seconds = statistics.median(timed_updates(sgd, X, y, args.repeats + 2)[2:])
+        kfac = KFAC(build_mlp(n_inputs, hidden, n_outputs, device=device), loss,
                     damping_scheme=args.damping_scheme, inv_update_freq=args.inv_update_freq,
                     curvature_batch_size=args.curvature_batch_size or None, random_state=0)
-        for _ in range(2):  # warm-up
-            kfac.accumulate(X, X)
-            kfac.step()
-        kfac.phase_times = dict.fromkeys(kfac.phase_times, 0.0)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            kfac.accumulate(X, X)
-            kfac.step()
-        kfac_seconds = (time.perf_counter() - start) / repeats
+        timed_updates(kfac, X, y, 2)  # warm-up
+        kfac.phase_times = {}  # reset
+        # Every update pays 1/inv_update_freq of an inversion on average: time a whole
+        # number of inversion periods.
+        repeats = max(args.repeats, args.inv_update_freq)
+        kfac_seconds = sum(timed_updates(kfac, X, y, repeats)) / repeats
         phases = {k: v / repeats for k, v in kfac.phase_times.items()}
         print(f"{batch:>6} {sgd_seconds:>8.3f} {kfac_seconds:>8.3f} "
               f"{kfac_seconds / sgd_seconds:>6.2f} {phases['forward_backward']:>8.3f} "

@@ -2,13 +2,14 @@
 
 Each process (rank) holds a full copy of the network and accumulates the gradients and
 Kronecker statistics of its share of every batch. Before an update the ranks add up
-what they accumulated (one all-reduce of gradients, factor sums and example counts),
-so every rank computes the update of the whole batch. The quadratic model's scalars
-and the losses that decide rejection and damping adaptation are reduced the same way
-(example-weighted means), so all ranks take the same decisions and keep identical
-weights. The damped inverses of the layers are shared out: layer ``i`` is inverted by
-rank ``i mod world_size`` and broadcast (``distribute_inverses=False``: every rank
-inverts every layer itself).
+what they accumulated (all-reduces of the gradients, the factor sums and their example
+counts), so every rank computes the update of the whole batch. The quadratic model's
+sums and the losses that decide rejection and damping adaptation are summed the same
+way, so all ranks take the same decisions and keep identical weights. The damped
+inverses of the layers are shared out: layer ``i`` is inverted by rank
+``i mod world_size`` and broadcast (``distribute_inverses=False``: every rank inverts
+every layer itself). :class:`skkfac.KFAC` routes its sums through
+:class:`Communicator`.
 
 Nothing here is active in a single process: :class:`Communicator` is inactive unless
 ``torch.distributed`` is initialised with more than one rank, and then every method
@@ -91,20 +92,6 @@ class Communicator:
                 t.copy_(flat[offset:offset + t.numel()].view_as(t))
                 offset += t.numel()
 
-    def weighted_mean(self, values: torch.Tensor, count: int) -> torch.Tensor:
-        """The mean over all ranks' examples of per-rank means ``values`` of ``count`` rows.
-
-        ``values`` is a tensor of local means (any shape); returns the global means,
-        each rank's weighted by its number of examples.
-        """
-        if not self.active:
-            return values
-        packed = torch.cat([values.reshape(-1).double() * count,
-                            torch.tensor([float(count)], dtype=torch.float64,
-                                         device=values.device)])
-        dist.all_reduce(packed, group=self.group)
-        return (packed[:-1] / packed[-1]).view_as(values).to(values.dtype)
-
     def global_sum(self, total: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
         """``(Σ total, Σ count)`` over the ranks, from each rank's 0-d sum and its count."""
         if not self.active:
@@ -114,6 +101,10 @@ class Communicator:
                                            device=total.device)])
         dist.all_reduce(packed, group=self.group)
         return packed[0].to(total.dtype), round(packed[1].item())
+
+    def sum(self, value: float) -> float:
+        """The sum of a Python number over the ranks (e.g. an example count)."""
+        return float(self._reduce_number(value, dist.ReduceOp.SUM))
 
     def max(self, value: float) -> float:
         """The largest of a Python number over the ranks (e.g. elapsed training time)."""

@@ -1,14 +1,16 @@
 """Output distributions: the loss, its curvature and sampling from the model.
 
 Each loss is the negative log-likelihood of a predictive distribution over targets
-given the network output ``z``. K-FAC needs three things from it:
+given the network output ``z``. K-FAC needs four things from it:
 
 * the per-example loss (its mean over a batch is the training objective);
 * targets drawn from the model's own predictive distribution, whose gradients give the
   *true* Fisher (``fisher='sampled'``);
 * a square root of the Hessian of the per-example loss with respect to ``z``, whose
   columns, back-propagated, give the exact expectation over that distribution
-  (``fisher='exact'``; the K-FAC factor of the generalised Gauss-Newton matrix).
+  (``fisher='exact'``; the K-FAC factor of the generalised Gauss-Newton matrix);
+* the per-example gradient with respect to ``z`` and the Hessian's inner product
+  (``fisher_inner``), for the exact quadratic model of a step.
 
 The distributions are scaled so that the Fisher equals the Gauss-Newton matrix of the
 loss as written, whatever its normalisation: a learning rate of 1 is then a
@@ -51,6 +53,10 @@ class SquaredError:
             column[:, j] = scale
             yield column
 
+    def output_gradient(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-example gradient of the loss with respect to the output: ``2 (z − y) / d``."""
+        return (output - target) * (2.0 / output.shape[1])
+
     def fisher_inner(self, output: torch.Tensor, u: torch.Tensor, v: torch.Tensor):
         """Batch mean of ``uᵀ H v`` for output-space vectors ``u``, ``v`` (H: loss Hessian)."""
         return (u * v).sum(dim=1).mean() * (2.0 / output.shape[1])
@@ -77,6 +83,12 @@ class CrossEntropy:
             column = -p.clone()
             column[:, j] += 1.0
             yield column * p[:, j : j + 1].sqrt()
+
+    def output_gradient(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-example gradient of the loss with respect to the logits: ``softmax(z) − e_y``."""
+        gradient = torch.softmax(output, dim=1)
+        gradient[torch.arange(output.shape[0], device=output.device), target] -= 1.0
+        return gradient
 
     def fisher_inner(self, output: torch.Tensor, u: torch.Tensor, v: torch.Tensor):
         """Batch mean of ``uᵀ (diag(p) − p pᵀ) v``."""

@@ -71,62 +71,101 @@ def linear_layers(model: nn.Module) -> list[nn.Linear]:
     return [m for m in model.modules() if isinstance(m, nn.Linear)]
 
 
-def _activation_derivative(module: nn.Module, pre: torch.Tensor, post: torch.Tensor):
-    """Derivative of an elementwise activation at ``pre`` (``post`` = its output)."""
+def _derivative_from_output(module: nn.Module, post: torch.Tensor) -> torch.Tensor:
+    """Derivative of an elementwise activation written with its *output* ``post``."""
     if isinstance(module, nn.Tanh):
         return 1.0 - post * post
     if isinstance(module, nn.Sigmoid):
         return post * (1.0 - post)
-    if isinstance(module, nn.ReLU):
-        return (pre > 0).to(pre.dtype)
-    return None
+    return (post > 0).to(post.dtype)  # ReLU: post > 0 exactly where pre > 0
+
+
+_ELEMENTWISE = (nn.Tanh, nn.Sigmoid, nn.ReLU)
 
 
 def supports_fast_jvp(model: nn.Module) -> bool:
-    """Whether :func:`sequential_jvp` handles ``model`` (a plain MLP from :func:`build_mlp`)."""
-    return isinstance(model, nn.Sequential) and all(
-        isinstance(m, (nn.Linear, nn.Identity, nn.Tanh, nn.Sigmoid, nn.ReLU)) for m in model)
+    """Whether :func:`linear_jvp` handles ``model``.
+
+    That is an ``nn.Sequential`` of distinct ``Linear`` layers separated by at most one
+    ``Tanh``/``Sigmoid``/``ReLU`` each (``Identity`` anywhere), as :func:`build_mlp`
+    makes: every activation's derivative is then a function of the next layer's input
+    (or of the output), which the optimizer has already recorded.
+    """
+    if not isinstance(model, nn.Sequential):
+        return False
+    modules = [m for m in model if not isinstance(m, nn.Identity)]
+    if not all(isinstance(m, (nn.Linear, *_ELEMENTWISE)) for m in modules):
+        return False
+    linears = [m for m in modules if isinstance(m, nn.Linear)]
+    if not linears or len({id(m) for m in linears}) != len(linears):
+        return False
+    return not any(isinstance(a, _ELEMENTWISE) and isinstance(b, _ELEMENTWISE)
+                   for a, b in itertools.pairwise(modules))
 
 
 @torch.no_grad()
-def sequential_jvp(model: nn.Sequential, X: torch.Tensor, tangent_sets):
-    """Output of an MLP and its Jacobian-vector products for several parameter tangents.
+def linear_jvp(model: nn.Sequential, inputs, output: torch.Tensor, tangent_sets, *,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Jacobian-vector products of an MLP's output, from the inputs its layers recorded.
 
     Forward-mode differentiation written out for ``Linear``/elementwise-activation
-    stacks: the primal pass runs once and all tangents travel together as one batch,
-    about half the cost of separate ``torch.func.jvp`` calls.
+    stacks, without a primal pass: the layers' inputs of the forward pass already made
+    hold everything needed (an activation's derivative is a function of its output,
+    which is the next layer's input). All tangents travel together as one batch.
 
     Parameters
     ----------
     model : nn.Sequential
         Must satisfy :func:`supports_fast_jvp`.
-    X : Tensor of shape (n, n_inputs)
+    inputs : list of Tensor of shape (n, in_features)
+        The input of every ``Linear`` layer, in order, for the same ``n`` examples.
+    output : Tensor of shape (n, n_outputs)
+        The network's output on them (used when an activation follows the last layer).
     tangent_sets : list of lists of Tensor
-        Per tangent, one ``[dW, db]`` matrix (``out × (in + 1)``) per Linear layer.
+        Per tangent, one ``[dW, db]`` matrix (``out × (in + 1)``, or ``out × in`` for a
+        layer without bias) per Linear layer.
+    dtype : torch.dtype, optional
+        Precision of the computation (default: the inputs').
 
     Returns
     -------
-    output : Tensor of shape (n, n_outputs)
-    products : Tensor of shape (len(tangent_sets), n, n_outputs)
+    Tensor of shape (len(tangent_sets), n, n_outputs)
     """
-    n_tangents = len(tangent_sets)
-    a, da = X, None
-    linear_index = 0
+    dtype = dtype or inputs[0].dtype
+    da = None
+    index = 0
     for module in model:
         if isinstance(module, nn.Linear):
-            dW = torch.stack([t[linear_index] for t in tangent_sets])  # (T, out, in + 1)
-            s = module(a)
-            ds = torch.matmul(a, dW[:, :, :-1].transpose(1, 2)) + dW[:, None, :, -1]
+            a = inputs[index].to(dtype)
+            dW = torch.stack([t[index] for t in tangent_sets]).to(dtype)  # (T, out, in[+1])
+            n_in = module.in_features
+            ds = torch.matmul(a, dW[:, :, :n_in].transpose(1, 2))
+            if module.bias is not None:
+                ds += dW[:, None, :, n_in]
             if da is not None:
-                ds += (da.reshape(-1, da.shape[-1]) @ module.weight.T).reshape(ds.shape)
-            a, da = s, ds
-            linear_index += 1
-        elif isinstance(module, nn.Identity):
-            continue
+                ds += torch.matmul(da, module.weight.to(dtype).T)
+            da = ds
+            index += 1
+        elif isinstance(module, _ELEMENTWISE) and da is not None:
+            post = inputs[index] if index < len(inputs) else output
+            da = da * _derivative_from_output(module, post.to(dtype))
+    return da
+
+
+@torch.no_grad()
+def forward_in(model: nn.Module, X: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``model(X)`` computed in ``dtype`` (a low-precision MLP evaluated in float32).
+
+    Models that :func:`supports_fast_jvp` are evaluated layer by layer with their
+    weights cast to ``dtype``; any other model runs as it is and its output is cast.
+    """
+    if not supports_fast_jvp(model) or all(p.dtype == dtype for p in model.parameters()):
+        return model(X).to(dtype)
+    h = X.to(dtype)
+    for module in model:
+        if isinstance(module, nn.Linear):
+            bias = None if module.bias is None else module.bias.to(dtype)
+            h = torch.nn.functional.linear(h, module.weight.to(dtype), bias)
         else:
-            post = module(a)
-            da = da * _activation_derivative(module, a, post)
-            a = post
-    if da is None:  # pragma: no cover - a model without Linear layers is rejected earlier
-        da = torch.zeros(n_tangents, *a.shape, dtype=a.dtype, device=a.device)
-    return a, da
+            h = module(h)
+    return h

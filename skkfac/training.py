@@ -239,9 +239,7 @@ class Trainer:
             return self._reject(solver, progress, batch_loss)
         solver.backup()
         report = solver.step()
-        # TODO(merge): KFAC.step returns None (and counts its own rejections) until the
-        # K-FAC engine's StepReport lands; None is then an accepted update.
-        self._report = StepReport() if report is None else report
+        self._report = report
         progress.n_updates += 1
         return True
 

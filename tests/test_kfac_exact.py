@@ -239,8 +239,8 @@ def test_inverses_are_refreshed_every_inv_update_freq_updates():
     opt = plain(small_net(), "squared_error", inv_update_freq=3, lr=0.05)
     refreshed = []
     original = opt._refresh_inverses
-    opt._refresh_inverses = lambda damping: (refreshed.append(opt.hyper["step"]),
-                                             original(damping))
+    opt._refresh_inverses = lambda: (refreshed.append(opt.state[opt.params[0]]["step"]),
+                                     original())
     for _ in range(7):
         opt.accumulate(X, y)
         opt.step()
@@ -254,14 +254,13 @@ def test_rejected_update_restores_weights_and_raises_damping():
     opt.accumulate(X, y)
     opt.backup()
     saved = [p.detach().clone() for p in model.parameters()]
-    opt.step()
-    assert opt.n_rejected_steps == 0  # a modest step passes the same-batch check
+    assert opt.step().fetch()["accepted"]  # a modest step passes the same-batch check
     assert not all(torch.equal(a, b) for a, b in zip(saved, model.parameters()))
     assert opt.is_rejected(float("nan")) and not opt.is_rejected(1.5)
     opt.restore()
     for a, b in zip(saved, model.parameters()):
         torch.testing.assert_close(a, b.detach())
-    assert opt.hyper["damping"] == pytest.approx(0.1)
+    assert float(opt.damping) == pytest.approx(0.1)
     assert all("momentum_buffer" not in opt.state[layer.weight] for layer in opt.layers)
 
 
@@ -292,11 +291,12 @@ def test_state_dict_round_trip_and_pickle():
     opt.accumulate(X, y)
     opt.step()
     state = opt.state_dict()
-    assert state["param_groups"][0]["step"] == 1
+    assert state["state"][0]["step"] == 1
+    assert "step" not in state["param_groups"][0]
     clone = pickle.loads(pickle.dumps(opt))
     clone.accumulate(X, y)
     clone.step()
-    assert clone.hyper["step"] == 2
+    assert clone.state[clone.params[0]]["step"] == 2
 
 
 def test_adaptive_step_minimises_the_exact_quadratic_model():
@@ -306,20 +306,21 @@ def test_adaptive_step_minimises_the_exact_quadratic_model():
     damping = 0.01
     opt = plain(model, "squared_error", damping=damping, adaptive_step=True, random_state=0)
     captured = {}
-    original = opt._rescaled_steps
+    original = opt._take_step
 
-    def spy(directions, gradients, damping_used):
+    def spy(k, decay, directions, gradients):
         captured.update(directions=[d.clone() for d in directions],
                         gradients=[g.clone() for g in gradients],
-                        previous=[opt.state[layer.weight].get("previous_step")
-                                  for layer in opt.layers],
-                        params=[p.detach().clone() for p in model.parameters()])
-        return original(directions, gradients, damping_used)
+                        previous=[opt._layer_state(i, "previous_step").clone()
+                                  for i in range(len(opt.layers))],
+                        params=[p.detach().clone() for p in model.parameters()],
+                        damping=opt.damping * opt.state[opt.params[0]]["curvature_scale"])
+        return original(k, decay, directions, gradients)
 
-    opt._rescaled_steps = spy
+    opt._take_step = spy
     for _ in range(2):
         opt.accumulate(X, y)
-        opt.step()
+        report = opt.step()
 
     def flat(per_layer):  # [W | b] blocks → the order of model.parameters()
         return torch.cat([torch.cat([m[:, :-1].reshape(-1), m[:, -1]]) for m in per_layer])
@@ -344,11 +345,10 @@ def test_adaptive_step_minimises_the_exact_quadratic_model():
     d = J.shape[1]
     F = torch.einsum("ndp,ndq->pq", J, J) * (2 / d) / len(X)
     C = torch.stack([flat(captured["directions"]), flat(captured["previous"])], 1)
-    absolute = damping * opt.hyper["curvature_scale"]
-    M = C.T @ (F + absolute * torch.eye(len(F))) @ C
+    M = C.T @ (F + captured["damping"] * torch.eye(len(F))) @ C
     b = C.T @ flat(captured["gradients"])
     expected = torch.linalg.solve(M, -b)
-    torch.testing.assert_close(opt.last_coefficients, expected)
+    torch.testing.assert_close(torch.stack([report.step_size, report.momentum]), expected)
 
 
 def test_adaptive_step_is_newton_on_least_squares():
@@ -358,30 +358,33 @@ def test_adaptive_step_is_newton_on_least_squares():
     opt = plain(model, "squared_error", fisher="exact", damping=1e-12, adaptive_step=True,
                 damping_scheme="eigen")
     opt.accumulate(X, y)
-    opt.step()
-    assert opt.last_coefficients.tolist() == pytest.approx([1.0], rel=1e-6)
+    assert opt.step().fetch()["step_size"] == pytest.approx(1.0, rel=1e-6)
     X1 = torch.cat([X, torch.ones(20, 1)], 1)
     solution = torch.linalg.lstsq(X1, y).solution
     torch.testing.assert_close(model[0].weight.detach(), solution[:-1].T)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "logistic", "identity"])
-def test_fast_sequential_jvp_matches_torch_func(activation):
-    from skkfac.nn import sequential_jvp
+def test_fast_jvp_from_recorded_inputs_matches_torch_func(activation):
+    from torch.func import functional_call, jvp
+
+    from skkfac.nn import linear_jvp
 
     model = build_mlp(3, (5, 4), 2, activation, dtype=torch.float64,
                       generator=torch.Generator().manual_seed(0))
     X, _ = data(n=6)
-    opt = plain(model, "squared_error")
+    inputs = [m_input[:, :-1] for m_input in layer_inputs(model, X)]
     g = torch.Generator().manual_seed(1)
+    layers = [m for m in model if isinstance(m, nn.Linear)]
     tangents = [[torch.randn(layer.out_features, layer.in_features + 1, generator=g)
-                 for layer in opt.layers] for _ in range(2)]
-    output, fast = sequential_jvp(model, X, tangents)
-    opt._fast_jvp = False
-    reference_output, reference = opt._jacobian_products(X, tangents)
-    torch.testing.assert_close(output, reference_output)
-    for a, b in zip(fast, reference):
-        torch.testing.assert_close(a, b)
+                 for layer in layers] for _ in range(2)]
+    fast = linear_jvp(model, inputs, model(X).detach(), tangents)
+    names = [name for name, _ in model.named_parameters()]
+    for tangent, product in zip(tangents, fast):
+        flat = [part for t in tangent for part in (t[:, :-1], t[:, -1])]
+        _, reference = jvp(lambda *p: functional_call(model, dict(zip(names, p)), (X,)),
+                           tuple(model.parameters()), tuple(flat))
+        torch.testing.assert_close(product, reference)
 
 
 def test_step_that_increases_the_loss_on_its_own_batch_is_undone():
@@ -390,12 +393,11 @@ def test_step_that_increases_the_loss_on_its_own_batch_is_undone():
     opt = plain(model, "squared_error", lr=1e4, damping=1e-6)  # a wild step
     opt.accumulate(X, y)
     saved = [p.detach().clone() for p in model.parameters()]
-    opt.step()
-    assert opt.n_rejected_steps == 1
+    report = opt.step().fetch()
+    assert not report["accepted"] and report["loss_after"] > 2 * report["loss_before"]
     for a, b in zip(saved, model.parameters()):
-        torch.testing.assert_close(a, b.detach())
-    assert opt.hyper["damping"] == pytest.approx(1e-4)  # max(10 λ, 1e-4)
+        assert torch.equal(a, b.detach())
+    assert float(opt.damping) == pytest.approx(1e-4)  # max(10 λ, 1e-4)
     sane = plain(small_net(), "squared_error", adaptive_step=True)
     sane.accumulate(X, y)
-    sane.step()
-    assert sane.n_rejected_steps == 0
+    assert sane.step().fetch()["accepted"]

@@ -8,16 +8,20 @@ import torch
 class KroneckerBlock:
     """Statistics of one ``nn.Linear`` layer for the factors ``A`` and ``G``.
 
-    ``A = E[ā āᵀ]`` over the layer's inputs with a 1 appended (so the bias is part of
-    the block) and ``G = E[g gᵀ]`` over the gradients ``g`` of the per-example loss with
-    respect to the layer's outputs (pre-activations). Sums are accumulated over
-    micro-batches and turned into expectations in :meth:`update_running_averages`.
+    ``A = E[ā āᵀ]`` over the layer's inputs, with a 1 appended when the layer has a bias
+    (so that the bias is part of the block), and ``G = E[g gᵀ]`` over the gradients ``g``
+    of the per-example loss with respect to the layer's outputs (pre-activations). Sums
+    are accumulated over micro-batches and turned into expectations in
+    :meth:`update_running_averages`. The factors are kept in ``dtype`` whatever the
+    precision of the inputs (a bfloat16 network gets float32 factors).
 
     Parameters
     ----------
     n_in, n_out : int
-        Input and output width of the layer; ``A`` is ``(n_in + 1) × (n_in + 1)`` and
-        ``G`` is ``n_out × n_out``.
+        Input and output width of the layer; ``A`` is ``(n_in + bias) × (n_in + bias)``
+        and ``G`` is ``n_out × n_out``.
+    bias : bool, default=True
+        Whether the layer has a bias (a constant 1 is then appended to its inputs).
     dtype : torch.dtype
     device : torch.device or str
 
@@ -36,24 +40,30 @@ class KroneckerBlock:
     (True, True)
     """
 
-    def __init__(self, n_in: int, n_out: int, *, dtype, device):
-        self.A_sum = torch.zeros(n_in + 1, n_in + 1, dtype=dtype, device=device)
+    def __init__(self, n_in: int, n_out: int, *, bias: bool = True, dtype, device):
+        self.bias = bool(bias)
+        n_a = n_in + self.bias
+        self.A_sum = torch.zeros(n_a, n_a, dtype=dtype, device=device)
         self.G_sum = torch.zeros(n_out, n_out, dtype=dtype, device=device)
         self.A: torch.Tensor | None = None
         self.G: torch.Tensor | None = None
         self.inverse = None
 
     def add_inputs(self, a: torch.Tensor) -> None:
-        """Add ``Σ ā āᵀ`` over the rows of ``a`` (``ā = [a, 1]``) without concatenating."""
+        """Add ``Σ ā āᵀ`` over the rows of ``a`` (``ā = [a, 1]`` with a bias) without
+        concatenating."""
+        a = a.to(self.A_sum.dtype)
         d = a.shape[1]
         self.A_sum[:d, :d].addmm_(a.T, a)
-        column = a.sum(dim=0)
-        self.A_sum[:d, d] += column
-        self.A_sum[d, :d] += column
-        self.A_sum[d, d] += a.shape[0]
+        if self.bias:
+            column = a.sum(dim=0)
+            self.A_sum[:d, d] += column
+            self.A_sum[d, :d] += column
+            self.A_sum[d, d] += a.shape[0]
 
     def add_output_gradients(self, g: torch.Tensor) -> None:
         """Add ``Σ g gᵀ`` over the rows of ``g`` (per-example pre-activation gradients)."""
+        g = g.to(self.G_sum.dtype)
         self.G_sum.addmm_(g.T, g)
 
     def update_running_averages(self, n_examples: int, decay: float) -> None:
@@ -65,8 +75,7 @@ class KroneckerBlock:
         else:
             self.A.mul_(decay).add_(A_batch, alpha=1.0 - decay)
             self.G.mul_(decay).add_(G_batch, alpha=1.0 - decay)
-        self.A_sum.zero_()
-        self.G_sum.zero_()
+        self.reset_sums()
 
     def reset_sums(self) -> None:
         self.A_sum.zero_()

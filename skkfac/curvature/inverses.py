@@ -14,29 +14,50 @@ def _eye_like(matrix: torch.Tensor) -> torch.Tensor:
     return torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
 
 
-def damped_inverse(matrix: torch.Tensor, shift: float) -> torch.Tensor:
-    """``(matrix + shift I)⁻¹`` for a symmetric PSD ``matrix``, via Cholesky.
+def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
-    Falls back to float64 Cholesky, then to a float64 eigendecomposition (negative
-    eigenvalues clipped to zero), when the factorisation fails in the working precision.
+
+def precision_floor(matrix: torch.Tensor) -> torch.Tensor:
+    """Smallest shift that is meaningful for ``matrix`` in its precision.
+
+    Eigenvalues below ``√n · eps · tr(matrix)`` are rounding noise of a working-precision
+    ``n × n`` PSD matrix (its largest eigenvalue is at most its trace), and shifting by
+    less does not make a Cholesky factorisation reliable: this floor is what the float64
+    retry used to buy, without a host round trip.
     """
-    damped = matrix + shift * _eye_like(matrix)
-    factor, info = torch.linalg.cholesky_ex(damped)
-    if int(info) == 0:
-        return torch.cholesky_inverse(factor)
-    factor, info = torch.linalg.cholesky_ex(damped.double())
-    if int(info) == 0:
-        return torch.cholesky_inverse(factor).to(matrix.dtype)
-    values, vectors = torch.linalg.eigh(matrix.double())
-    values = values.clamp_min(0.0) + shift
-    if not torch.all(values > 0):
-        raise torch.linalg.LinAlgError("Damped Kronecker factor is singular; increase damping.")
-    inverse = (vectors / values) @ vectors.T
-    return inverse.to(matrix.dtype)
+    n = matrix.shape[0]
+    return torch.finfo(matrix.dtype).eps * n**0.5 * torch.trace(matrix).abs()
+
+
+def damped_inverse(matrix: torch.Tensor, shift) -> torch.Tensor:
+    """``(matrix + shift I)⁻¹`` for a symmetric PSD ``matrix``, via Cholesky, on the device.
+
+    The shift is raised to :func:`precision_floor` so that the factorisation succeeds in
+    the working precision. A factor that is not finite, or a factorisation that still
+    fails, gives the damping's own inverse ``I / shift`` instead (decided on the device,
+    so no host read; the same on CPU and CUDA, where ``cholesky_ex`` reports success on
+    NaN input).
+    """
+    finite = torch.isfinite(matrix).all()
+    safe = torch.where(finite, matrix, torch.zeros_like(matrix))
+    tiny = torch.finfo(matrix.dtype).tiny
+    shift = torch.maximum(_as_tensor(shift, matrix), precision_floor(safe)).clamp_min(tiny)
+    eye = _eye_like(matrix)
+    factor, info = torch.linalg.cholesky_ex(safe + shift * eye)
+    inverse = torch.cholesky_inverse(factor)
+    ok = finite & (info == 0) & torch.isfinite(inverse).all()
+    return torch.where(ok, inverse, eye / shift)
 
 
 def symmetric_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigendecomposition with non-negative eigenvalues, float64 fallback on failure."""
+    """Eigendecomposition with non-negative eigenvalues, float64 retry on failure.
+
+    A non-finite ``matrix`` gives the identity's decomposition (eigenvalues 0), so that
+    the damped inverse falls back to ``I / λ``.
+    """
+    finite = torch.isfinite(matrix).all()
+    matrix = torch.where(finite, matrix, torch.zeros_like(matrix))
     try:
         values, vectors = torch.linalg.eigh(matrix)
         if not torch.isfinite(values).all():
@@ -47,7 +68,22 @@ def symmetric_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values.clamp_min(0.0), vectors
 
 
-class FactoredTikhonov:
+class KroneckerInverse:
+    """Base of the damped inverses: the tensors they hold can be saved and restored."""
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors that define this inverse (for the optimizer's ``state_dict``)."""
+        return dict(vars(self))
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]):
+        """Rebuild an inverse from :meth:`tensors` without recomputing it."""
+        inverse = cls.__new__(cls)
+        inverse.__dict__.update(tensors)
+        return inverse
+
+
+class FactoredTikhonov(KroneckerInverse):
     """``(A + π√λ I)⁻¹`` and ``(G + √λ/π I)⁻¹`` (Martens & Grosse 2015, §6.3).
 
     ``π² = (tr A / dim A) / (tr G / dim G)`` balances the two shifts so that their
@@ -59,7 +95,7 @@ class FactoredTikhonov:
         Input factor (symmetric positive semi-definite).
     G : torch.Tensor of shape (n_out, n_out)
         Output-gradient factor (symmetric positive semi-definite).
-    damping : float
+    damping : float or 0-d Tensor
         Tikhonov damping ``λ``.
 
     Examples
@@ -72,12 +108,12 @@ class FactoredTikhonov:
             [0.5000, 0.5000, 0.5000]])
     """
 
-    def __init__(self, A: torch.Tensor, G: torch.Tensor, damping: float):
-        mean_a = float(torch.trace(A)) / A.shape[0]
-        mean_g = float(torch.trace(G)) / G.shape[0]
+    def __init__(self, A: torch.Tensor, G: torch.Tensor, damping):
         tiny = torch.finfo(A.dtype).tiny
-        pi = (max(mean_a, tiny) / max(mean_g, tiny)) ** 0.5
-        root = damping**0.5
+        mean_a = (torch.trace(A) / A.shape[0]).nan_to_num(0.0, 0.0, 0.0).clamp_min(tiny)
+        mean_g = (torch.trace(G) / G.shape[0]).nan_to_num(0.0, 0.0, 0.0).clamp_min(tiny)
+        pi = torch.sqrt(mean_a / mean_g)
+        root = torch.sqrt(_as_tensor(damping, A))
         self.A_inv = damped_inverse(A, pi * root)
         self.G_inv = damped_inverse(G, root / pi)
 
@@ -85,7 +121,7 @@ class FactoredTikhonov:
         return self.G_inv @ V @ self.A_inv
 
 
-class EigenTikhonov:
+class EigenTikhonov(KroneckerInverse):
     """Exact ``(A ⊗ G + λ I)⁻¹`` through the eigenbases of ``A`` and ``G``.
 
     With ``A = Qa diag(a) Qaᵀ`` and ``G = Qg diag(g) Qgᵀ`` the eigenvalues of ``A ⊗ G``
@@ -98,7 +134,7 @@ class EigenTikhonov:
         Input factor (symmetric positive semi-definite).
     G : torch.Tensor of shape (n_out, n_out)
         Output-gradient factor (symmetric positive semi-definite).
-    damping : float
+    damping : float or 0-d Tensor
         Tikhonov damping ``λ``, added to every eigenvalue of ``A ⊗ G``.
 
     Examples
@@ -117,17 +153,19 @@ class EigenTikhonov:
     True
     """
 
-    def __init__(self, A: torch.Tensor, G: torch.Tensor, damping: float):
+    def __init__(self, A: torch.Tensor, G: torch.Tensor, damping):
         self.a, self.Qa = symmetric_eigh(A)
         self.g, self.Qg = symmetric_eigh(G)
-        self.denominator = torch.outer(self.g, self.a).add_(damping)
+        floor = torch.finfo(A.dtype).tiny
+        self.denominator = torch.outer(self.g, self.a).add_(
+            _as_tensor(damping, A).clamp_min(floor))
 
     def apply(self, V: torch.Tensor) -> torch.Tensor:
         rotated = self.Qg.T @ V @ self.Qa
         return self.Qg @ (rotated / self.denominator) @ self.Qa.T
 
 
-class MaxNormalised:
+class MaxNormalised(KroneckerInverse):
     """The study's scheme (§5.2.1): divide ``A``, ``G`` and the update by their max.
 
     ``A`` and ``G`` are divided by their largest absolute entry, shifted by ``λ I``
@@ -141,7 +179,7 @@ class MaxNormalised:
         Input factor (symmetric positive semi-definite).
     G : torch.Tensor of shape (n_out, n_out)
         Output-gradient factor (symmetric positive semi-definite).
-    damping : float
+    damping : float or 0-d Tensor
         Shift ``λ`` added to the normalised factors.
 
     Examples
@@ -154,7 +192,7 @@ class MaxNormalised:
     1.0
     """
 
-    def __init__(self, A: torch.Tensor, G: torch.Tensor, damping: float):
+    def __init__(self, A: torch.Tensor, G: torch.Tensor, damping):
         tiny = torch.finfo(A.dtype).tiny
         self.A_inv = damped_inverse(A / A.abs().max().clamp_min(tiny), damping)
         self.G_inv = damped_inverse(G / G.abs().max().clamp_min(tiny), damping)

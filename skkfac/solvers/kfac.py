@@ -17,20 +17,29 @@ one computed on the concatenated batch.
 
 from __future__ import annotations
 
+import hashlib
 import math
-import time
 from contextlib import contextmanager
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch.func import functional_call, jvp
 
 from skkfac.curvature import DAMPING_SCHEMES, STAT_DECAY_SCHEDULES, KroneckerBlock, stat_decay
+from skkfac.curvature.control import (
+    levenberg_marquardt,
+    minimise_plane_model,
+    raise_after_rejection,
+    reduction_ratio,
+)
+from skkfac.curvature.precision import factor_dtype, full_precision
 from skkfac.distributed import Communicator, compute_on_owners
-from skkfac.nn import sequential_jvp, supports_fast_jvp
+from skkfac.nn import forward_in, linear_jvp, supports_fast_jvp
 from skkfac.solvers.base import Solver
-from skkfac.solvers.spec import Hyperparameter, register_solver
+from skkfac.solvers.phase_timer import PhaseTimer
+from skkfac.solvers.spec import Hyperparameter, StepReport, register_solver
 
 FISHER_TYPES = ("sampled", "exact", "empirical")
 
@@ -40,9 +49,9 @@ class KFAC(Solver, torch.optim.Optimizer):
     """Kronecker-factored natural-gradient optimizer for networks of ``nn.Linear`` layers.
 
     Each layer's block of the Fisher is approximated by ``A ⊗ G`` with ``A = E[ā āᵀ]``
-    (inputs with a 1 appended, so the bias is included) and ``G = E[g gᵀ]`` (gradients of
-    the loss with respect to the layer's pre-activations for targets drawn from the
-    model's predictive distribution). The direction of layer ``i`` is
+    (inputs with a 1 appended when the layer has a bias, so the bias is included) and
+    ``G = E[g gᵀ]`` (gradients of the loss with respect to the layer's pre-activations
+    for targets drawn from the model's predictive distribution). The direction of layer ``i`` is
     ``Δᵢ = -damped (Aᵢ ⊗ Gᵢ)⁻¹ ∇W̄ᵢ``; with ``adaptive_step`` the step ``lr (α Δ + μ δ₀)``
     minimises the exact quadratic model in the plane of ``Δ`` and the previous step
     ``δ₀``, otherwise it is ``lr`` times a momentum buffer of the directions.
@@ -62,7 +71,8 @@ class KFAC(Solver, torch.optim.Optimizer):
         Tikhonov damping ``λ`` *relative to the curvature's scale*: the absolute damping
         is ``damping · s`` with ``s`` the mean over layers of
         ``(tr A / dim A)(tr G / dim G)`` (the average eigenvalue of ``A ⊗ G``) measured
-        at the first update, so the same value suits losses and data of any scale.
+        again at every inverse refresh, so the same value suits losses and data of any
+        scale and keeps its meaning while the curvature shrinks during training.
         Initial value when ``adapt_damping``. For ``'max_norm'`` it is the shift added to
         the max-normalised factors.
     damping_scheme : {'tikhonov', 'eigen', 'max_norm'}, default='tikhonov'
@@ -71,8 +81,9 @@ class KFAC(Solver, torch.optim.Optimizer):
         ``'max_norm'``: the study's divide-by-max normalisation of A, G and the update.
     adapt_damping : bool, default=True
         Levenberg–Marquardt adaptation of ``λ`` from the reduction ratio ``ρ`` of the
-        loss against its quadratic model (exact Fisher–vector product), every
-        ``damping_adapt_interval`` updates.
+        curvature batch's loss change against the change predicted by the *undamped*
+        quadratic model on the same examples (exact Fisher–vector products), every
+        ``damping_adapt_interval`` updates (Martens & Grosse 2015, §6.5; kfac-jax).
     damping_adapt_interval : int, default=5
         Updates between two Levenberg–Marquardt adjustments.
     min_damping : float, default=1e-8
@@ -107,21 +118,24 @@ class KFAC(Solver, torch.optim.Optimizer):
         the curvature independent of the batch size.
     rejection_ratio : float, default=2.0
         An update after which the loss *on the same curvature batch* is non-finite or
-        more than this multiple of the loss before it is undone at once, ``λ`` is raised
-        tenfold and the momentum forgotten (comparing on the same examples keeps the
-        mini-batch noise out of the decision).
+        more than this multiple of the loss before it (plus 1000 machine epsilons of
+        rounding noise) is undone at once, ``λ`` is raised tenfold and the momentum
+        forgotten (comparing on the same examples keeps the mini-batch noise out of the
+        decision). The decision is made on the device; :meth:`step`'s report says it.
     alpha : float, default=0.0
-        L2 penalty on the weights; also added to the damping.
+        L2 penalty ``alpha/2 ‖W‖²`` on the weights: in the gradient, in the quadratic
+        model (exactly) and in the losses ``ρ`` compares; also added to the factors'
+        damping.
     random_state : int or None
         Seed of the target sampling.
     process_group : torch.distributed.ProcessGroup or None, default=None
         Data-parallel training (:mod:`skkfac.distributed`): when ``torch.distributed``
         is initialised with several ranks, each rank accumulates its share of every
-        batch and ``step`` reduces gradients, Kronecker statistics, the quadratic
-        model's scalars and the curvature losses over this group (``None``: the default
-        group), so every rank makes the update of the whole batch. Gradients are not
-        reduced again when ``model`` is a ``DistributedDataParallel``. Ignored in a
-        single process.
+        batch and every cross-example sum of an update (gradients, Kronecker
+        statistics, the quadratic model's sums, the curvature losses) and its example
+        count are summed over this group (``None``: the default group), so every rank
+        makes the update of the whole batch. Gradients are not reduced again when
+        ``model`` is a ``DistributedDataParallel``. Ignored in a single process.
     distribute_inverses : bool, default=True
         In a process group: invert each layer's factors on one rank
         (``layer mod world_size``) and broadcast; ``False``: every rank inverts all.
@@ -138,9 +152,11 @@ class KFAC(Solver, torch.optim.Optimizer):
     >>> losses = []
     >>> for _ in range(10):
     ...     losses.append(float(opt.accumulate(X, y)) / len(X))  # summed loss / n
-    ...     opt.step()
+    ...     report = opt.step()
     >>> losses[-1] < losses[0]
     True
+    >>> sorted(report.fetch())  # what the last update did, read in one transfer
+    ['accepted', 'damping', 'loss_after', 'loss_before', 'momentum', 'rho', 'step_size']
     >>> [tuple(block.A.shape) for block in opt.blocks]  # inputs + 1 (bias)
     [(5, 5), (17, 17)]
     """
@@ -200,6 +216,9 @@ class KFAC(Solver, torch.optim.Optimizer):
 
     recovers_from_divergence = True
 
+    #: Phases of an update timed in :attr:`phase_times`.
+    PHASES = ("forward_backward", "statistics", "inverse", "precondition", "update")
+
     def __init__(self, model, loss="squared_error", *, lr=1.0, damping=0.1,
                  damping_scheme="tikhonov", adapt_damping=True, damping_adapt_interval=5,
                  min_damping=1e-8, adaptive_step=True, kl_clip=None, stat_decay="linear",
@@ -208,8 +227,8 @@ class KFAC(Solver, torch.optim.Optimizer):
                  curvature_batch_size=256, rejection_ratio=2.0, alpha=0.0,
                  random_state=None, process_group=None, distribute_inverses=True):
         # data-parallel: a DistributedDataParallel wrapper only runs accumulate's
-        # forward/backward (it averages the gradients); K-FAC's own forward passes use
-        # the wrapped network, outside DDP's bookkeeping.
+        # forward passes (its backward averages the gradients); K-FAC's own forward
+        # passes use the wrapped network, outside DDP's bookkeeping.
         self._train_model = model
         self._gradients_averaged = isinstance(
             model, torch.nn.parallel.DistributedDataParallel)
@@ -226,6 +245,8 @@ class KFAC(Solver, torch.optim.Optimizer):
             raise ValueError(f"fisher must be one of {FISHER_TYPES}, got {fisher!r}.")
         if not (lr > 0 and damping >= 0 and inv_update_freq >= 1):
             raise ValueError("KFAC needs lr > 0, damping >= 0 and inv_update_freq >= 1.")
+        if curvature_batch_size is not None and curvature_batch_size < 1:
+            raise ValueError("curvature_batch_size must be None or >= 1.")
         defaults = dict(lr=lr, damping=damping, damping_scheme=damping_scheme,
                         adapt_damping=adapt_damping,
                         damping_adapt_interval=damping_adapt_interval,
@@ -234,58 +255,168 @@ class KFAC(Solver, torch.optim.Optimizer):
                         momentum_rate=momentum_rate, momentum_max=momentum_max,
                         momentum=momentum, inv_update_freq=inv_update_freq, fisher=fisher,
                         curvature_batch_size=curvature_batch_size,
-                        rejection_ratio=rejection_ratio, step=0, inverse_damping=None,
-                        curvature_scale=None)
+                        rejection_ratio=rejection_ratio)
         torch.optim.Optimizer.__init__(self, self.params, defaults)
         first = self.params[0]
+        self.device = first.device
+        #: Precision of the curvature: float32 at least (a bfloat16 network included).
+        self.factor_dtype = factor_dtype(first.dtype)
         self.blocks = [KroneckerBlock(layer.in_features, layer.out_features,
-                                      dtype=first.dtype, device=first.device)
+                                      bias=layer.bias is not None, dtype=self.factor_dtype,
+                                      device=self.device)
                        for layer in self.layers]
         self.n_curvature_examples = 0
-        self.generator = torch.Generator(device=first.device)
+        self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(random_state) if random_state is not None
                                    else int(torch.randint(2**31, (1,)).item()))
-        self.phase_times = dict.fromkeys(
-            ("forward_backward", "statistics", "inverse", "precondition", "update"), 0.0)
-        self.last_rho: float | None = None
-        self._curvature_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.timer = PhaseTimer(self.PHASES, self.device)
+        self.last_report: StepReport | None = None
+        self._curvature_rows: list[CurvatureRows] = []
         self._fast_jvp = supports_fast_jvp(model)
-        self.n_rejected_steps = 0
+        shared = self._shared
+        shared["step"] = 0
+        shared["damping"] = self._scalar(damping)
+        shared["curvature_scale"] = self._scalar(1.0)
+        shared["inverse_damping"] = self._scalar(math.nan)
+        shared["refresh"] = torch.ones((), dtype=torch.bool, device=self.device)
         self.communicator = Communicator(process_group)
         self.distribute_inverses = bool(distribute_inverses)
         if self.communicator.active:
             self._join_process_group()
 
+    def _scalar(self, value) -> torch.Tensor:
+        """A 0-d control value (damping, scale) on the device, in float64."""
+        return torch.tensor(value, dtype=torch.float64, device=self.device)
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def hyper(self) -> dict:
+        """The (single) parameter group: the hyperparameters."""
+        return self.param_groups[0]
+
+    @property
+    def _shared(self) -> dict:
+        """State not tied to one layer (counters, damping, scale, flags).
+
+        Kept in the first weight's entry of ``self.state``, as ``torch.optim.LBFGS`` does,
+        so that ``state_dict()`` carries it.
+        """
+        return self.state[self.params[0]]
+
+    @property
+    def damping(self) -> torch.Tensor:
+        """The current (adapted) relative damping ``λ``, a 0-d tensor."""
+        return self._shared["damping"]
+
+    @property
+    def absolute_damping(self) -> torch.Tensor:
+        """The Tikhonov ``λ`` of the factors in the loss's units (plus the L2 ``alpha``)."""
+        shared = self._shared
+        return shared["damping"] * shared["curvature_scale"] + self.alpha
+
+    @property
+    def phase_times(self) -> dict[str, float]:
+        """Seconds spent in each phase of the updates so far (see :class:`PhaseTimer`)."""
+        return self.timer.totals if hasattr(self, "timer") else {}
+
+    @phase_times.setter
+    def phase_times(self, value) -> None:
+        if hasattr(self, "timer"):  # assigning resets the counters
+            self.timer.reset()
+
+    def state_dict(self) -> dict:
+        """``torch.optim`` state: hyperparameters in ``param_groups``; counters, damping,
+        factors, inverses, momentum and the sampling generator's state in ``state``.
+
+        As with every ``torch.optim`` optimizer the tensors are references: copy (or
+        ``torch.save``) the result before training further.
+        """
+        state = super().state_dict()
+        # The shared entry belongs to the first parameter (index 0); copy it, so that
+        # the generator's state is not written into the live optimizer state.
+        state["state"][0] = {**state["state"][0], "rng_state": self.generator.get_state()}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore :meth:`state_dict`: the next updates continue bit for bit.
+
+        Tensors keep their saved dtype (``torch.optim`` would cast them to the
+        parameters': wrong for float32 factors of a bfloat16 network and for the
+        generator's state) and move to the parameters' device.
+        """
+        saved = state_dict["state"]
+        super().load_state_dict(state_dict)
+        self.state.clear()
+        for index, param in enumerate(self.params):
+            if index in saved:
+                self.state[param] = _on_device(saved[index], self.device)
+        self._published_flag = None
+        self._restore_from_state()
+
+    def _restore_from_state(self) -> None:
+        shared = self._shared
+        rng_state = shared.pop("rng_state", None)
+        if rng_state is not None:
+            self._set_generator_state(rng_state)
+        scheme = DAMPING_SCHEMES[self.hyper["damping_scheme"]]
+        for layer, block in zip(self.layers, self.blocks):
+            state = self.state[layer.weight]
+            block.A, block.G = state.get("A"), state.get("G")
+            inverse = state.get("inverse")
+            block.inverse = None if inverse is None else scheme.from_tensors(inverse)
+
+    def _set_generator_state(self, rng_state: torch.Tensor) -> None:
+        """Restore the sampling generator; from another kind of device (a model fitted on
+        CUDA loaded on a CPU-only machine) its state cannot be used, so a new generator
+        is seeded deterministically from it."""
+        self.generator = torch.Generator(device=self.device)
+        try:
+            self.generator.set_state(rng_state.cpu())
+        except RuntimeError:
+            digest = hashlib.sha256(rng_state.cpu().numpy().tobytes()).digest()
+            self.generator.manual_seed(int.from_bytes(digest[:7], "little"))
+
     def __getstate__(self):
-        # torch.Generator does not pickle: carry its device and state instead.
+        # torch.Generator and CUDA events do not pickle: carry the generator's state.
         state = self.__dict__.copy()
         if state["_train_model"] is not self.model:  # a DDP wrapper holds a process group
             state["_train_model"] = self.model
-        state["generator"] = (str(self.generator.device), self.generator.get_state())
+        state["generator"] = self.generator.get_state()
+        state["_published_flag"] = None
         return state
 
     def __setstate__(self, state):
-        device, rng_state = state.pop("generator")
+        if "generator" not in state:  # torch.optim's load_state_dict: state, param_groups
+            torch.optim.Optimizer.__setstate__(self, state)
+            return
+        rng_state = state.pop("generator")
         self.__dict__.update(state)
-        self.generator = torch.Generator(device=device)
-        self.generator.set_state(rng_state)
+        self.device = self.params[0].device
+        self.timer.device = self.device
+        self._set_generator_state(rng_state)
 
-    @property
-    def hyper(self) -> dict:
-        """The (single) parameter group: hyperparameters and the mutable counters."""
-        return self.param_groups[0]
+    # -- data-parallel seams -------------------------------------------------------------
+    def _all_reduce(self, tensors: list[torch.Tensor]) -> None:
+        """Sum ``tensors`` in place over the processes that share this update.
 
-    # -- timing ------------------------------------------------------------------------
-    @contextmanager
-    def _phase(self, name: str):
-        device = self.params[0].device
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        yield
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        self.phase_times[name] += time.perf_counter() - start
+        Every cross-example sum goes through here (gradients, factor statistics, the
+        quadratic model's sums and the curvature losses): a single process has nothing
+        to add.
+        """
+        self.communicator.all_reduce(tensors)
+
+    def _reduce_count(self, count: int) -> int:
+        """The number of examples behind a sum, over all the processes."""
+        return round(self.communicator.sum(count)) if self.communicator.active else count
+
+    def _join_process_group(self) -> None:
+        """Start from rank 0's weights; draw different sampled targets on every rank."""
+        comm = self.communicator
+        if not self._gradients_averaged:  # DDP has broadcast the weights already
+            with torch.no_grad():
+                comm.broadcast([p.data for p in self.params], src=0)
+        seed = int(self.generator.initial_seed())
+        self.generator.manual_seed((seed + 7919 * comm.rank) % 2**63)
 
     # -- statistics --------------------------------------------------------------------
     @contextmanager
@@ -322,11 +453,13 @@ class KFAC(Solver, torch.optim.Optimizer):
         return [list(torch.autograd.grad(loss_sum, outputs, retain_graph=True))]
 
     def _add_statistics(self, output, target, inputs, outputs) -> None:
-        for gradients in self._output_gradients(output, target, outputs):
-            for block, g in zip(self.blocks, gradients):
-                block.add_output_gradients(g.detach())
-        for block, a in zip(self.blocks, inputs):
-            block.add_inputs(a)
+        """Add the examples' ``a`` and ``g`` to every block (same examples for both)."""
+        with full_precision(self.device):
+            for gradients in self._output_gradients(output, target, outputs):
+                for block, g in zip(self.blocks, gradients):
+                    block.add_output_gradients(g.detach())
+            for block, a in zip(self.blocks, inputs):
+                block.add_inputs(a)
         self.n_curvature_examples += output.shape[0]
 
     def accumulate(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -334,184 +467,292 @@ class KFAC(Solver, torch.optim.Optimizer):
 
         The curvature (statistics and the quadratic model) uses the first
         ``curvature_batch_size`` examples of the batch accumulated since the last step,
-        wherever the micro-batch boundaries fall. Returns the summed (not averaged) loss
-        over the micro-batch, detached.
+        wherever the micro-batch boundaries fall; those rows get their own forward pass,
+        whose recorded layer inputs also serve the quadratic model, so the curvature costs
+        no extra forward pass. Returns the summed (not averaged) loss over the
+        micro-batch, detached.
         """
         limit = self.hyper["curvature_batch_size"]
-        n_curvature = X.shape[0] if limit is None else max(
-            0, min(X.shape[0], limit - self.n_curvature_examples))
-        with self._phase("forward_backward"):
-            with self._capture_layers() as (inputs, outputs):
-                output = self._train_model(X)
-            loss_sum = self.loss.per_example(output, y).sum()
-        if n_curvature == X.shape[0]:
-            with self._phase("statistics"):
-                self._add_statistics(output, y, inputs, outputs)
-        inputs.clear()
-        outputs.clear()
-        with self._phase("forward_backward"):
-            loss_sum.backward()
-        if 0 < n_curvature < X.shape[0]:
-            with self._phase("statistics"):
+        n = X.shape[0]
+        n_curvature = n if limit is None else max(
+            0, min(n, limit - self.n_curvature_examples))
+        with self.timer.phase("forward_backward"):
+            loss_sum = None
+            if n_curvature:
                 with self._capture_layers() as (inputs, outputs):
-                    sub_output = self.model(X[:n_curvature])
-                self._add_statistics(sub_output, y[:n_curvature], inputs, outputs)
+                    output = self._train_model(X[:n_curvature])
+                loss_sum = self.loss.per_example(output, y[:n_curvature]).sum()
+            if n_curvature < n:
+                rest = self.loss.per_example(self._train_model(X[n_curvature:]),
+                                             y[n_curvature:]).sum()
+                loss_sum = rest if loss_sum is None else loss_sum + rest
         if n_curvature:
-            self._curvature_rows.append((X[:n_curvature], y[:n_curvature]))
-        self.n_accumulated += X.shape[0]
+            with self.timer.phase("statistics"):
+                self._add_statistics(output, y[:n_curvature], inputs, outputs)
+                self._curvature_rows.append(CurvatureRows(
+                    X[:n_curvature], y[:n_curvature], list(inputs), output.detach()))
+            outputs.clear()
+        with self.timer.phase("forward_backward"):
+            loss_sum.backward()
+        self.n_accumulated += n
         return loss_sum.detach()
 
     # -- the update --------------------------------------------------------------------
     def _layer_gradients(self) -> list[torch.Tensor]:
-        """``[∇W, ∇b]`` per layer, as ``out × (in + 1)`` matrices."""
-        return [torch.cat([layer.weight.grad, layer.bias.grad.unsqueeze(1)], dim=1)
-                if layer.bias is not None else
-                torch.cat([layer.weight.grad, torch.zeros_like(layer.weight.grad[:, :1])], 1)
-                for layer in self.layers]
-
-    def _refresh_inverses(self, damping: float) -> None:
-        scheme = DAMPING_SCHEMES[self.hyper["damping_scheme"]]
-        if self.communicator.active and self.distribute_inverses:
-            inverses = compute_on_owners(
-                self.communicator, len(self.blocks),
-                lambda i: scheme(self.blocks[i].A, self.blocks[i].G, damping),
-                self.params[0].device)
-            for block, inverse in zip(self.blocks, inverses):
-                block.inverse = inverse
+        """Mean gradient plus L2 term per layer: ``[∇W, ∇b]`` (``out × (in + 1)``), or
+        ``∇W`` for a layer without bias, in the curvature's precision."""
+        gradients = []
+        for layer in self.layers:
+            weight = layer.weight.grad if layer.weight.grad is not None else torch.zeros_like(
+                layer.weight)
+            if layer.bias is None:
+                gradients.append(weight.to(self.factor_dtype, copy=True))
+                continue
+            bias = layer.bias.grad if layer.bias.grad is not None else torch.zeros_like(
+                layer.bias)
+            gradients.append(torch.cat([weight, bias[:, None]], dim=1).to(self.factor_dtype))
+        if self._gradients_averaged:  # DDP's mean of the ranks' sums → their sum
+            torch._foreach_mul_(gradients, float(self.communicator.world_size))
         else:
-            for block in self.blocks:
-                block.inverse = scheme(block.A, block.G, damping)
-        self.hyper["inverse_damping"] = damping
+            self._all_reduce(gradients)
+        torch._foreach_mul_(gradients, 1.0 / self._reduce_count(self.n_accumulated))
+        if self.alpha:
+            for layer, V in zip(self.layers, gradients):
+                V[:, :layer.in_features].add_(layer.weight.detach(), alpha=self.alpha)
+        return gradients
 
-    def _needs_inverse_refresh(self, k: int, damping: float) -> bool:
-        previous = self.hyper["inverse_damping"]
-        if previous is None or self.blocks[0].inverse is None:
+    def _update_factors(self, decay: float) -> None:
+        n_curvature = self._reduce_count(self.n_curvature_examples)
+        if not n_curvature:
+            return
+        self._all_reduce([s for block in self.blocks for s in (block.A_sum, block.G_sum)])
+        for layer, block in zip(self.layers, self.blocks):
+            block.update_running_averages(n_curvature, decay)
+            state = self.state[layer.weight]
+            state["A"], state["G"] = block.A, block.G
+        self.n_curvature_examples = 0
+
+    def _refresh_due(self, k: int) -> bool:
+        """Inverses are recomputed every ``inv_update_freq`` updates, and after a
+        rejected update or a damping change of more than a factor 2 (flagged on the
+        device by the previous update: the one host read of an update)."""
+        if self.blocks[0].inverse is None or (k - 1) % self.hyper["inv_update_freq"] == 0:
             return True
-        if (k - 1) % self.hyper["inv_update_freq"] == 0:
-            return True
-        ratio = max(damping, 1e-30) / max(previous, 1e-30)
-        return not (0.5 <= ratio <= 2.0)
+        return self._read_refresh_flag()
+
+    def _read_refresh_flag(self) -> bool:
+        """The device flag set by the previous update. On a GPU it was copied to pinned
+        host memory without blocking when it was set, so reading it waits for the end of
+        the previous update only, not for the work queued since (this update's forward
+        and backward passes keep the device busy meanwhile)."""
+        published = self.__dict__.get("_published_flag")
+        if published is None:
+            return bool(self._shared["refresh"])
+        host, event = published
+        event.synchronize()
+        return bool(host)
+
+    def _publish_refresh_flag(self) -> None:
+        flag = self._shared["refresh"]
+        if flag.device.type != "cuda":
+            return
+        published = self.__dict__.get("_published_flag")
+        host = (published[0] if published is not None
+                else torch.empty((), dtype=torch.bool, pin_memory=True))
+        host.copy_(flag, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._published_flag = (host, event)
+
+    def _refresh_inverses(self) -> None:
+        shared = self._shared
+        shared["curvature_scale"] = self._curvature_scale()
+        damping = self.absolute_damping
+        if self.communicator.active and self.distribute_inverses:
+            self._invert_shared_out(damping)
+        else:
+            for index in range(len(self.blocks)):
+                self._invert(index, damping)
+        shared["inverse_damping"] = damping
+        shared["refresh"] = torch.zeros((), dtype=torch.bool, device=self.device)
+
+    def _invert(self, index: int, damping: torch.Tensor) -> None:
+        """Compute layer ``index``'s damped inverse (the one place where it happens)."""
+        block = self.blocks[index]
+        block.inverse = DAMPING_SCHEMES[self.hyper["damping_scheme"]](block.A, block.G,
+                                                                      damping)
+        self.state[self.layers[index].weight]["inverse"] = block.inverse.tensors()
+
+    def _invert_shared_out(self, damping: torch.Tensor) -> None:
+        """Data-parallel: each rank inverts the layers it owns, then receives the others."""
+
+        def owned(index):
+            self._invert(index, damping)
+            return self.blocks[index].inverse
+
+        inverses = compute_on_owners(self.communicator, len(self.blocks), owned, self.device)
+        for layer, block, inverse in zip(self.layers, self.blocks, inverses):
+            block.inverse = inverse
+            self.state[layer.weight]["inverse"] = inverse.tensors()
+
+    def _curvature_scale(self) -> torch.Tensor:
+        """Mean over layers of the average eigenvalue ``(tr A/dim A)(tr G/dim G)``.
+
+        Measured again at every inverse refresh, so that the relative damping keeps its
+        meaning while the curvature shrinks by orders of magnitude during training. A
+        degenerate value keeps the previous scale.
+        """
+        if self.hyper["damping_scheme"] == "max_norm":
+            return self._scalar(1.0)  # max_norm normalises the factors itself
+        scales = torch.stack([torch.trace(b.A) / b.A.shape[0] * torch.trace(b.G) / b.G.shape[0]
+                              for b in self.blocks]).double()
+        scale = scales.mean()
+        valid = torch.isfinite(scale) & (scale > 0)
+        return torch.where(valid, scale, self._shared["curvature_scale"])
 
     @torch.no_grad()
-    def step(self, closure=None):
-        """Apply one update from everything accumulated since the last step."""
+    def step(self, closure=None) -> StepReport | None:
+        """Apply one update from everything accumulated since the last step.
+
+        Returns
+        -------
+        StepReport or None
+            Whether the update was kept, the curvature-batch loss before and after it,
+            ``ρ`` (when the damping was adapted), the damping now and the step's
+            coefficients; values are 0-d device tensors (``report.fetch()`` reads them).
+            ``None`` when nothing was accumulated.
+        """
         if closure is not None:
             raise ValueError("KFAC.step takes no closure: call accumulate(X, y) first.")
         if self.n_accumulated == 0:
-            return
-        with self._phase("update"):
-            self._reduce_accumulated()
-        hyper = self.hyper
-        hyper["step"] += 1
-        k = hyper["step"]
+            return None
+        with full_precision(self.device):
+            report = self._update()
+        self._reset_accumulation()
+        self.last_report = report
+        return report
+
+    def _update(self) -> StepReport:
+        hyper, shared = self.hyper, self._shared
+        shared["step"] += 1
+        k = shared["step"]
         decay = stat_decay(hyper["stat_decay"], k, hyper["momentum_rate"],
                            hyper["momentum_max"])
-        with self._phase("update"):
-            self._mean_gradients()
+        with self.timer.phase("update"):
             gradients = self._layer_gradients()
-        with self._phase("statistics"):
-            if self.n_curvature_examples:
-                for block in self.blocks:
-                    block.update_running_averages(self.n_curvature_examples, decay)
-            self.n_curvature_examples = 0
-            if hyper["curvature_scale"] is None:
-                hyper["curvature_scale"] = self._curvature_scale()
-        damping = self.absolute_damping
-        with self._phase("inverse"):
-            if self._needs_inverse_refresh(k, damping):
-                self._refresh_inverses(damping)
-        with self._phase("precondition"):
-            directions = [-block.inverse.apply(V) for block, V in zip(self.blocks, gradients)]
-        with self._phase("update"):
-            adapt = (hyper["adapt_damping"] and hyper["damping_scheme"] != "max_norm"
-                     and k % hyper["damping_adapt_interval"] == 0)
-            if hyper["adaptive_step"]:
-                steps, (predicted, loss_before) = self._rescaled_steps(
-                    directions, gradients, damping)
-            else:
-                momentum = decay if hyper["momentum"] is None else hyper["momentum"]
-                steps = self._momentum_steps(self._clip(directions, gradients), momentum)
-                if adapt:
-                    matrix, linear, loss_before = self._quadratic_model(
-                        [steps], gradients, damping)
-                    predicted = linear[0] + 0.5 * matrix[0, 0]
-                else:
-                    loss_before = self._curvature_loss()
-            self._apply(steps)
-            loss_after = float(self._curvature_loss())
-            if not loss_after <= hyper["rejection_ratio"] * float(loss_before):  # NaN too
-                self._apply([-step for step in steps])
-                self.n_rejected_steps += 1
-                self.on_restore()
-            else:
-                for layer, step in zip(self.layers, steps):
-                    self.state[layer.weight]["previous_step"] = step
-                if adapt:
-                    self._adapt_damping(predicted, loss_before, loss_after)
-            self._reset_accumulation()
+        with self.timer.phase("statistics"):
+            self._update_factors(decay)
+        with self.timer.phase("inverse"):
+            if self._refresh_due(k):
+                self._refresh_inverses()
+        with self.timer.phase("precondition"):
+            directions = [torch.nan_to_num_(block.inverse.apply(V).neg_(), 0.0, 0.0, 0.0)
+                          for block, V in zip(self.blocks, gradients)]
+        with self.timer.phase("update"):
+            return self._take_step(k, decay, directions, gradients)
 
-    def _curvature_loss(self) -> torch.Tensor:
-        X, y = self._curvature_batch()
-        return self.communicator.weighted_mean(
-            self.loss.per_example(self.model(X), y).mean(), X.shape[0])
+    def _take_step(self, k, decay, directions, gradients) -> StepReport:
+        hyper, shared = self.hyper, self._shared
+        adapt = (hyper["adapt_damping"] and hyper["damping_scheme"] != "max_norm"
+                 and k % hyper["damping_adapt_interval"] == 0)
+        batch = self._curvature_batch()
+        model = None
+        if hyper["adaptive_step"]:
+            previous = [self._layer_state(i, "previous_step") for i in range(len(self.layers))]
+            model = self._quadratic_model([directions, previous], gradients, batch)
+            lam = shared["damping"] * shared["curvature_scale"]
+            coefficients = minimise_plane_model(model.fisher + lam * model.identity,
+                                                model.linear) * hyper["lr"]
+            steps = [coefficients[0] * d + coefficients[1] * p
+                     for d, p in zip(directions, previous)]
+            step_size, momentum = coefficients[0], coefficients[1]
+        else:
+            momentum = decay if hyper["momentum"] is None else hyper["momentum"]
+            steps = self._momentum_steps(self._clip(directions, gradients), momentum)
+            step_size, coefficients = hyper["lr"], None
+            if adapt:
+                model = self._quadratic_model([steps], gradients, batch)
+                coefficients = self._scalar([1.0])
+        loss_before = model.loss if model is not None else self._curvature_loss(batch)
+        accepted, loss_after = self._apply_checked(steps, batch, loss_before)
+        rho = None
+        if coefficients is not None:
+            # ρ compares with the *undamped* model on the same examples as the losses.
+            predicted = (coefficients @ model.linear_curvature
+                         + 0.5 * coefficients @ model.fisher @ coefficients)
+            rho = reduction_ratio(loss_after - loss_before, predicted)
+        self._after_step(accepted, steps, adapt, rho)
+        return StepReport(accepted=accepted, loss_before=loss_before, loss_after=loss_after,
+                          rho=rho if adapt else None, damping=shared["damping"],
+                          step_size=step_size, momentum=momentum)
 
-    def _curvature_scale(self) -> float:
-        """Mean over layers of the average eigenvalue ``(tr A/dim A)(tr G/dim G)``."""
-        if self.hyper["damping_scheme"] == "max_norm" or self.blocks[0].A is None:
-            return 1.0  # max_norm normalises the factors itself
-        scales = [float(torch.trace(b.A)) / b.A.shape[0] * float(torch.trace(b.G)) / b.G.shape[0]
-                  for b in self.blocks]
-        scale = sum(scales) / len(scales)
-        return scale if scale > 0 and math.isfinite(scale) else 1.0
+    def _apply_checked(self, steps, batch, loss_before):
+        """Apply ``steps``; undo them on the device if the curvature-batch loss is not
+        finite or grew more than ``rejection_ratio`` times (plus rounding noise)."""
+        saved = [p.detach().clone() for p in self.params]
+        self._apply(steps)
+        loss_after = self._curvature_loss(batch, fresh=True)
+        tolerance = REJECTION_TOLERANCE_EPS * torch.finfo(self.factor_dtype).eps
+        accepted = torch.isfinite(loss_after) & (
+            loss_after <= self.hyper["rejection_ratio"] * loss_before + tolerance)
+        for p, old in zip(self.params, saved):
+            p.copy_(torch.where(accepted, p, old))
+        return accepted, loss_after
 
-    @property
-    def absolute_damping(self) -> float:
-        """The Tikhonov ``λ`` in the loss's units (plus the L2 penalty ``alpha``)."""
-        scale = self.hyper["curvature_scale"] or 1.0
-        return self.hyper["damping"] * scale + self.alpha
+    def _after_step(self, accepted, steps, adapt, rho) -> None:
+        """Damping and momentum after the update, decided on the device."""
+        hyper, shared = self.hyper, self._shared
+        damping = shared["damping"]
+        if adapt:
+            omega = (19.0 / 20.0) ** hyper["damping_adapt_interval"]
+            damping = levenberg_marquardt(damping, rho, omega, hyper["min_damping"])
+        shared["damping"] = torch.where(accepted, damping,
+                                        raise_after_rejection(shared["damping"]))
+        key = "previous_step" if hyper["adaptive_step"] else "momentum_buffer"
+        for layer, step in zip(self.layers, steps):
+            state = self.state[layer.weight]
+            kept = step if key == "previous_step" else state[key]
+            state[key] = torch.where(accepted, kept, torch.zeros_like(kept))
+        ratio = self.absolute_damping / shared["inverse_damping"]
+        shared["refresh"] = ~accepted | (ratio < 0.5) | (ratio > 2.0)
+        self._publish_refresh_flag()
+
+    def _layer_state(self, index: int, key: str) -> torch.Tensor:
+        """A per-layer tensor of the step's shape, zeros until first set."""
+        state = self.state[self.layers[index].weight]
+        if key not in state:
+            state[key] = torch.zeros_like(self.blocks[index].G_sum[:, :1]).expand(
+                -1, self.blocks[index].A_sum.shape[0]).clone()
+        return state[key]
+
+    def _curvature_loss(self, batch: CurvatureRows, fresh: bool = False) -> torch.Tensor:
+        """Mean loss on the curvature batch plus the L2 penalty, in the curvature's
+        precision. ``fresh``: at the current weights (else the recorded forward pass,
+        when it was made in that precision)."""
+        if fresh or batch.output.dtype != self.factor_dtype:
+            output = forward_in(self.model, batch.X, self.factor_dtype)
+        else:
+            output = batch.output
+        total = self.loss.per_example(output, batch.y).sum().reshape(1)
+        self._all_reduce([total])
+        loss = total[0] / self._reduce_count(output.shape[0])
+        return loss.double() + self._l2_penalty()
+
+    def _l2_penalty(self) -> torch.Tensor | float:
+        if not self.alpha:
+            return 0.0
+        squares = torch.stack([layer.weight.to(self.factor_dtype).square().sum()
+                               for layer in self.layers]).sum()
+        return 0.5 * self.alpha * squares.double()
 
     def _momentum_steps(self, directions, momentum):
         """``buffer = momentum · buffer + direction``; step ``lr · buffer`` (heavy ball)."""
         steps = []
-        for layer, direction in zip(self.layers, directions):
-            buffer = self.state[layer.weight].get("momentum_buffer")
-            if buffer is None or momentum == 0:
-                buffer = direction.clone()
-            else:
-                buffer.mul_(momentum).add_(direction)
-            self.state[layer.weight]["momentum_buffer"] = buffer
+        for index, direction in enumerate(directions):
+            buffer = self._layer_state(index, "momentum_buffer")
+            buffer.mul_(momentum).add_(direction)
             steps.append(buffer * self.hyper["lr"])
         return steps
-
-    def _rescaled_steps(self, directions, gradients, damping):
-        """Step ``lr (α Δ + μ δ₀)`` with α, μ minimising the exact quadratic model.
-
-        Martens & Grosse (2015, §7): the K-FAC direction ``Δ`` and the previous step
-        ``δ₀`` span a plane in which the damped Gauss–Newton model
-        ``M(δ) = ∇ᵀδ + ½ δᵀ(F + λI)δ`` is minimised exactly (a 2 × 2 solve), which sets
-        both the step size and the momentum.
-        """
-        previous = [self.state[layer.weight].get("previous_step") for layer in self.layers]
-        candidates = [directions] if previous[0] is None else [directions, previous]
-        matrix, linear, loss_before = self._quadratic_model(candidates, gradients, damping)
-        if len(candidates) == 2:
-            # Δ and δ₀ (nearly) parallel make the 2 × 2 system singular: keep Δ alone
-            # (decided on the device, without a host round trip).
-            det = matrix[0, 0] * matrix[1, 1] - matrix[0, 1] ** 2
-            degenerate = det <= 1e-10 * matrix[0, 0] * matrix[1, 1]
-            alone = torch.stack([-linear[0] / matrix[0, 0], torch.zeros_like(linear[0])])
-            solved = torch.linalg.solve(
-                torch.where(degenerate, torch.eye(2, dtype=matrix.dtype, device=matrix.device),
-                            matrix), -linear)
-            coefficients = torch.where(degenerate, alone, solved)
-        else:
-            coefficients = -linear / matrix[0, 0]
-        coefficients = coefficients * self.hyper["lr"]
-        self.last_coefficients = coefficients
-        steps = [sum(c * candidate[i] for c, candidate in zip(coefficients, candidates))
-                 for i in range(len(self.layers))]
-        return steps, (coefficients @ linear + 0.5 * coefficients @ matrix @ coefficients,
-                       loss_before)
 
     def _clip(self, updates, gradients):
         """Scale updates so that ``lr² Δᵀ F Δ ≈ lr² Σ ⟨U, ∇⟩ <= kl_clip`` (Ba et al. 2017)."""
@@ -525,80 +766,85 @@ class KFAC(Solver, torch.optim.Optimizer):
 
     def _apply(self, steps) -> None:
         for layer, step in zip(self.layers, steps):
-            layer.weight.add_(step[:, :-1])
+            n_in = layer.in_features
+            layer.weight.add_(step[:, :n_in].to(layer.weight.dtype))
             if layer.bias is not None:
-                layer.bias.add_(step[:, -1])
+                layer.bias.add_(step[:, n_in].to(layer.bias.dtype))
 
     # -- the exact quadratic model -------------------------------------------------------
-    def _curvature_batch(self):
+    def _curvature_batch(self) -> CurvatureRows:
         """The examples the curvature statistics of this step came from."""
-        if len(self._curvature_rows) == 1:
-            return self._curvature_rows[0]
-        return (torch.cat([X for X, _ in self._curvature_rows]),
-                torch.cat([y for _, y in self._curvature_rows]))
+        rows = self._curvature_rows
+        if len(rows) == 1:
+            return rows[0]
+        return CurvatureRows(torch.cat([r.X for r in rows]), torch.cat([r.y for r in rows]),
+                             [torch.cat(layer) for layer in zip(*(r.inputs for r in rows))],
+                             torch.cat([r.output for r in rows]))
 
-    def _jacobian_products(self, X, tangent_sets):
-        """Network output on ``X`` and ``J t`` for each set of per-layer tangents ``t``."""
+    def _jacobian_products(self, batch: CurvatureRows, tangent_sets):
+        """``J t`` on the curvature batch for each set of per-layer tangents ``t``."""
         if self._fast_jvp:
-            output, products = sequential_jvp(self.model, X, tangent_sets)
-            return output, list(products)
+            return list(linear_jvp(self.model, batch.inputs, batch.output, tangent_sets,
+                                   dtype=self.factor_dtype))
         named = dict(self.model.named_parameters())
         names = [name for name, p in named.items() if any(p is q for q in self.params)]
         params = tuple(named[name] for name in names)
 
         def forward(*values):
-            return functional_call(self.model, dict(zip(names, values)), (X,))
+            return functional_call(self.model, dict(zip(names, values)), (batch.X,))
 
         products = []
-        output = None
         for tangents in tangent_sets:
             by_param = {}
             for layer, tangent in zip(self.layers, tangents):
-                by_param[id(layer.weight)] = tangent[:, :-1]
+                tangent = tangent.to(layer.weight.dtype)
+                by_param[id(layer.weight)] = tangent[:, :layer.in_features]
                 if layer.bias is not None:
-                    by_param[id(layer.bias)] = tangent[:, -1]
-            output, product = jvp(forward, params, tuple(by_param[id(p)] for p in params))
-            products.append(product)
-        return output, products
+                    by_param[id(layer.bias)] = tangent[:, layer.in_features]
+            _, product = jvp(forward, params, tuple(by_param[id(p)] for p in params))
+            products.append(product.to(self.factor_dtype))
+        return products
 
-    def _quadratic_model(self, candidates, gradients, damping):
-        """Matrix ``Cᵀ(F + λI)C`` and vector ``Cᵀ∇`` of the model restricted to ``candidates``.
+    def _quadratic_model(self, candidates, gradients, batch: CurvatureRows) -> QuadraticModel:
+        """The loss's quadratic model restricted to the span of ``candidates``.
 
-        ``F`` is the exact Fisher (Gauss–Newton) on the curvature batch, applied through
-        Jacobian–vector products. Also returns the loss there before the update.
+        ``F`` is the exact Fisher (Gauss–Newton matrix) on the curvature batch, applied
+        through Jacobian–vector products, plus the L2 penalty's curvature on the weights.
         """
-        X, y = self._curvature_batch()
-        output, products = self._jacobian_products(X, candidates)
+        products = self._jacobian_products(batch, candidates)
+        output = batch.output.to(self.factor_dtype)
         n = len(candidates)
-        linear = torch.stack([sum((V * c).sum() for V, c in zip(gradients, candidates[i]))
-                              for i in range(n)]).double()
-        entries = {}
-        for i in range(n):
-            for j in range(i, n):
-                inner = sum((a * b).sum() for a, b in zip(candidates[i], candidates[j]))
-                entries[i, j] = entries[j, i] = (
-                    self.loss.fisher_inner(output, products[i], products[j]) + damping * inner)
-        matrix = torch.stack([torch.stack([entries[i, j] for j in range(n)])
-                              for i in range(n)]).double()
-        loss_before = self.loss.per_example(output, y).mean()
-        if self.communicator.active:  # means over every rank's curvature batch
-            both = self.communicator.weighted_mean(
-                torch.cat([matrix.reshape(-1), loss_before.double().reshape(1)]), X.shape[0])
-            matrix, loss_before = both[:-1].view(n, n), both[-1].to(loss_before.dtype)
-        return matrix, linear, loss_before
+        pairs = [(i, j) for i in range(n) for j in range(i, n)]
+        output_gradient = self.loss.output_gradient(output, batch.y)
+        n_rows = output.shape[0]
+        sums = torch.stack(
+            [self.loss.fisher_inner(output, products[i], products[j]) * n_rows
+             for i, j in pairs]
+            + [(output_gradient * products[i]).sum() for i in range(n)]
+            + [self.loss.per_example(output, batch.y).sum()])
+        self._all_reduce([sums])
+        means = sums.double() / self._reduce_count(n_rows)
+        fisher = torch.zeros(n, n, dtype=torch.float64, device=self.device)
+        identity = torch.zeros_like(fisher)
+        for index, (i, j) in enumerate(pairs):
+            value = means[index] + self.alpha * _inner(self._weights(candidates[i]),
+                                                       self._weights(candidates[j]))
+            fisher[i, j] = fisher[j, i] = value
+            identity[i, j] = identity[j, i] = _inner(candidates[i], candidates[j])
+        linear = torch.stack([_inner(gradients, c) for c in candidates])
+        linear_curvature = means[len(pairs):len(pairs) + n]
+        if self.alpha:
+            weights = [layer.weight.detach().to(self.factor_dtype) for layer in self.layers]
+            linear_curvature = linear_curvature + self.alpha * torch.stack(
+                [_inner(weights, self._weights(c)) for c in candidates])
+        loss = means[-1] + self._l2_penalty()
+        if batch.output.dtype != self.factor_dtype:
+            loss = self._curvature_loss(batch)
+        return QuadraticModel(fisher, identity, linear, linear_curvature, loss)
 
-    def _adapt_damping(self, predicted_change, loss_before, loss_after: float) -> None:
-        """Levenberg–Marquardt: compare the loss change on the curvature batch with M(δ)."""
-        actual = loss_after - float(loss_before)
-        predicted = float(predicted_change)
-        rho = actual / predicted if predicted < 0 else float("-inf")
-        self.last_rho = rho
-        hyper = self.hyper
-        omega = (19.0 / 20.0) ** hyper["damping_adapt_interval"]
-        if rho > 0.75:
-            hyper["damping"] = max(hyper["damping"] * omega, hyper["min_damping"])
-        elif rho < 0.25:
-            hyper["damping"] = hyper["damping"] / omega
+    def _weights(self, per_layer):
+        """The weight part of per-layer ``[W, b]`` matrices (the L2 penalty's domain)."""
+        return [m[:, :layer.in_features] for layer, m in zip(self.layers, per_layer)]
 
     # -- divergence handling -----------------------------------------------------------
     def _reset_accumulation(self) -> None:
@@ -610,37 +856,56 @@ class KFAC(Solver, torch.optim.Optimizer):
 
     def on_restore(self) -> None:
         """After a rejected update: raise damping tenfold, forget momentum, re-invert."""
-        hyper = self.hyper
-        hyper["damping"] = max(hyper["damping"] * 10.0, 1e-4)
+        shared = self._shared
+        shared["damping"] = raise_after_rejection(shared["damping"])
         for layer in self.layers:
             self.state[layer.weight].pop("momentum_buffer", None)
             self.state[layer.weight].pop("previous_step", None)
-        hyper["inverse_damping"] = None
+        shared["refresh"] = torch.ones((), dtype=torch.bool, device=self.device)
+        self._published_flag = None
 
-    # -- data-parallel training (skkfac.distributed) ---------------------------------------
-    def _join_process_group(self) -> None:
-        """Start from rank 0's weights; draw different sampled targets on every rank."""
-        comm = self.communicator
-        if not self._gradients_averaged:  # DDP has broadcast the weights already
-            with torch.no_grad():
-                comm.broadcast([p.data for p in self.params], src=0)
-        seed = int(self.generator.initial_seed())
-        self.generator.manual_seed((seed + 7919 * comm.rank) % 2**63)
 
-    def _reduce_accumulated(self) -> None:
-        """Sum every rank's gradients, factor sums and example counts (one all-reduce)."""
-        comm = self.communicator
-        if not comm.active:
-            return
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        counts = torch.tensor([self.n_accumulated, self.n_curvature_examples],
-                              dtype=self.params[0].dtype, device=self.params[0].device)
-        gradients = [] if self._gradients_averaged else [p.grad for p in self.params]
-        comm.all_reduce([*gradients, counts,
-                         *(t for block in self.blocks for t in (block.A_sum, block.G_sum))])
-        if self._gradients_averaged:  # DDP's mean of the ranks' sums → their sum
-            for p in self.params:
-                p.grad.mul_(comm.world_size)
-        self.n_accumulated, self.n_curvature_examples = (round(float(c)) for c in counts)
+#: A loss increase below this many machine epsilons is rounding noise, never a reason to
+#: reject (a cross-entropy near zero doubles from one rounding to the next).
+REJECTION_TOLERANCE_EPS = 1e3
+
+
+class CurvatureRows(NamedTuple):
+    """The curvature examples of an update and what their forward pass recorded."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+    inputs: list  # each Linear layer's input
+    output: torch.Tensor
+
+
+class QuadraticModel(NamedTuple):
+    """``M(C c) = cᵀ linear + ½ cᵀ (fisher + λ identity) c`` for candidates ``C``.
+
+    ``linear`` uses the whole batch's gradient (it chooses the step);
+    ``linear_curvature`` the curvature batch's, the examples ``loss`` is measured on
+    (it predicts the change that ``ρ`` compares with).
+    """
+
+    fisher: torch.Tensor
+    identity: torch.Tensor
+    linear: torch.Tensor
+    linear_curvature: torch.Tensor
+    loss: torch.Tensor
+
+
+def _inner(xs, ys) -> torch.Tensor:
+    """``Σ_l ⟨x_l, y_l⟩`` over per-layer tensors, in float64."""
+    return torch.stack([torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]
+                       ).sum().double()
+
+
+def _on_device(value, device):
+    """``value`` with every tensor copied to ``device`` (dtypes kept)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, copy=True)
+    if isinstance(value, dict):
+        return {key: _on_device(item, device) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_device(item, device) for item in value)
+    return value

@@ -1,0 +1,93 @@
+"""Step-size and damping control from the exact quadratic model, on the device.
+
+Martens & Grosse (2015, §6.4-§7): the step is the minimiser of the damped quadratic
+model ``M(δ) = ∇ᵀδ + ½ δᵀ(F + λI)δ`` in the plane of the K-FAC direction and the previous
+step, and the Levenberg–Marquardt rule adapts ``λ`` from the reduction ratio ``ρ``.
+Every function here works on 0-d tensors, so that no value has to be read on the host.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Upper bound of the adapted (relative) damping: beyond it every step is ~zero anyway,
+#: and repeated rejections must not drive it to infinity.
+MAX_DAMPING = 1e8
+
+
+def minimise_plane_model(matrix: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
+    """Coefficients ``c`` minimising ``cᵀ linear + ½ cᵀ matrix c`` (1 or 2 unknowns).
+
+    Solved in closed form. When the 2 × 2 matrix is (nearly) singular, e.g. the two
+    candidates are parallel or the previous step is zero, the second coefficient is 0
+    and the first minimises along the first candidate alone; a zero or non-finite
+    curvature gives zero coefficients (no step) rather than ``0/0``.
+
+    Parameters
+    ----------
+    matrix : Tensor of shape (k, k), k in {1, 2}
+        ``Cᵀ (F + λI) C`` for the candidate directions ``C``.
+    linear : Tensor of shape (k,)
+        ``Cᵀ ∇``.
+
+    Returns
+    -------
+    Tensor of shape (k,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skkfac.curvature.control import minimise_plane_model
+    >>> minimise_plane_model(torch.tensor([[2.0, 0.0], [0.0, 4.0]]), torch.tensor([-2.0, 4.0]))
+    tensor([ 1., -1.])
+    >>> minimise_plane_model(torch.zeros(1, 1), torch.zeros(1))
+    tensor([0.])
+    """
+    a = matrix[0, 0]
+    along_first = torch.where(a > 0, -linear[0] / a, torch.zeros_like(a))
+    if matrix.shape[0] == 1:
+        solution = along_first.reshape(1)
+    else:
+        b, c = matrix[0, 1], matrix[1, 1]
+        det = a * c - b * b
+        regular = det > 1e-10 * a * c
+        safe_det = torch.where(regular, det, torch.ones_like(det))
+        solved = torch.stack([(b * linear[1] - c * linear[0]) / safe_det,
+                              (b * linear[0] - a * linear[1]) / safe_det])
+        alone = torch.stack([along_first, torch.zeros_like(along_first)])
+        solution = torch.where(regular, solved, alone)
+    return torch.where(torch.isfinite(solution).all(), solution, torch.zeros_like(solution))
+
+
+def reduction_ratio(actual: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    """``ρ = actual / predicted`` for a predicted decrease; ``-inf`` when the model
+    predicted an increase and NaN (no evidence) for a zero step."""
+    safe = torch.where(predicted != 0, predicted, torch.ones_like(predicted))
+    return torch.where(predicted < 0, actual / safe,
+                       torch.where(predicted > 0, torch.full_like(actual, -torch.inf),
+                                   torch.full_like(actual, torch.nan)))
+
+
+def levenberg_marquardt(damping: torch.Tensor, rho: torch.Tensor, omega: float,
+                        min_damping: float) -> torch.Tensor:
+    """The damping after one Levenberg–Marquardt adjustment.
+
+    ``ρ > 3/4``: the model is trusted, ``λ ← max(ω λ, min_damping)``; ``ρ < 1/4``:
+    ``λ ← λ / ω`` (at most :data:`MAX_DAMPING`); otherwise, and for a NaN ``ρ``, unchanged.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skkfac.curvature.control import levenberg_marquardt
+    >>> d = torch.tensor(1.0)
+    >>> [float(levenberg_marquardt(d, torch.tensor(r), 0.5, 1e-8)) for r in (1.0, 0.5, 0.1)]
+    [0.5, 1.0, 2.0]
+    """
+    lower = (damping * omega).clamp_min(min_damping)
+    upper = (damping / omega).clamp_max(MAX_DAMPING)
+    return torch.where(rho > 0.75, lower, torch.where(rho < 0.25, upper, damping))
+
+
+def raise_after_rejection(damping: torch.Tensor) -> torch.Tensor:
+    """The damping after a rejected step: ten times larger, at least 1e-4."""
+    return (damping * 10.0).clamp(min=1e-4, max=MAX_DAMPING)

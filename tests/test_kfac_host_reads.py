@@ -1,0 +1,65 @@
+"""Host reads per K-FAC update, counted on the CPU (each would wait for a GPU)."""
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from skkfac import KFAC
+from skkfac.nn import build_mlp
+
+READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__")
+
+
+@contextmanager
+def count_host_reads():
+    """Count the Tensor methods that copy a value to the host (a device sync on a GPU)."""
+    counts = []
+    originals = {name: getattr(torch.Tensor, name) for name in READS}
+
+    def counting(name):
+        original = originals[name]
+
+        def method(self, *args, **kwargs):
+            counts.append(name)
+            return original(self, *args, **kwargs)
+
+        return method
+
+    for name in READS:
+        setattr(torch.Tensor, name, counting(name))
+    try:
+        yield counts
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+def autoencoder(**kwargs):
+    model = build_mlp(64, (32, 8, 32), 64, generator=torch.Generator().manual_seed(0))
+    return KFAC(model, "squared_error", random_state=0, **kwargs)
+
+
+@pytest.mark.parametrize("options", [{}, {"curvature_batch_size": None},
+                                     {"adaptive_step": False, "kl_clip": 0.01}])
+def test_a_kfac_update_reads_at_most_one_value_from_the_device(options):
+    X = torch.rand(300, 64, generator=torch.Generator().manual_seed(1))
+    opt = autoencoder(inv_update_freq=3, damping_adapt_interval=2, **options)
+    for _ in range(2):  # warm-up: the first update is a scheduled refresh anyway
+        opt.accumulate(X, X)
+        opt.step()
+    per_update = []
+    for _ in range(9):  # covers refresh and adaptation updates, and those between
+        with count_host_reads() as reads:
+            opt.accumulate(X, X)
+            report = opt.step()
+        per_update.append(len(reads))
+    assert max(per_update) <= 1, per_update
+    assert report.fetch()["accepted"]  # fetch itself: one transfer, by the caller
+
+
+def test_counter_sees_reads():
+    with count_host_reads() as reads:
+        float(torch.ones(()))
+        bool(torch.ones(()) > 0)
+    assert reads == ["__float__", "__bool__"]
