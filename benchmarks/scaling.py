@@ -60,6 +60,10 @@ def measure_ranks(X_train, X_eval, n_processes: int, max_time: float, seed: int)
            "train_time": fitted.train_time_,
            "samples_per_s": fitted.n_updates_ * BATCH / fitted.train_time_,
            "final_eval_loss": float(history["eval_loss"].iloc[-1]),
+           # The same work per rank whatever the number of ranks: its growth with more
+           # ranks measures how much CPU each rank really got.
+           "precondition_s_per_update": float(history["time_precondition"].iloc[-1])
+           / max(fitted.n_updates_, 1),
            "wall_seconds": wall}
     return row, history
 
@@ -89,14 +93,13 @@ def _inverse_rank(rank, world_size, init_file, X, repeats, out_file):
         share = torch.from_numpy(X[rank::world_size][:BATCH // world_size])
         opt.accumulate(share, share)
         opt.step()  # factors in place
-        damping = opt.absolute_damping
         timings = {True: [], False: []}
         for _ in range(repeats):
             for distribute in (True, False):  # interleaved: same load for both
                 opt.distribute_inverses = distribute
                 dist.barrier()
                 start = time.perf_counter()
-                opt._refresh_inverses(damping)
+                opt._refresh_inverses()
                 dist.barrier()
                 timings[distribute].append(time.perf_counter() - start)
         if rank == 0:
@@ -140,12 +143,14 @@ def write_summary(out: Path, scaling: pd.DataFrame, inverses: pd.DataFrame, *,
         "     - speed-up",
         f"     - s to loss {target:.4g}",
         "     - final held-out loss",
+        "     - preconditioning s/update (same work per rank)",
     ]
     for row in scaling.itertuples():
         lines += [f"   * - {row.n_processes}", f"     - {row.n_updates}",
                   f"     - {row.samples_per_s:.0f}",
                   f"     - {row.samples_per_s / base.samples_per_s:.2f}",
-                  f"     - {row.time_to_target:.1f}", f"     - {row.final_eval_loss:.4g}"]
+                  f"     - {row.time_to_target:.1f}", f"     - {row.final_eval_loss:.4g}",
+                  f"     - {row.precondition_s_per_update:.3f}"]
     lines += ["", "Inverse refresh of the eight layers with "
               f"{int(inverses['n_processes'].iloc[0])} ranks (median of "
               f"{int(inverses['repeats'].iloc[0])}): "
