@@ -266,8 +266,10 @@ class Checkpoint(Callback):
     The file is a pickle of the whole estimator (network, solver state, random state,
     progress), written atomically at the end of every ``every`` epochs and when training
     stops. Load it with :meth:`Checkpoint.load`, then fit again with
-    ``warm_start=True`` to continue where it stopped. Pickles are only safe to load
-    from sources you trust; a model saved on a GPU loads where CUDA is available.
+    ``warm_start=True`` to continue where it stopped. The saved estimator has
+    ``callbacks=None``: pass them again to the resumed fit if you want them. Pickles are
+    only safe to load from sources you trust; a model saved on a GPU loads where CUDA is
+    available.
 
     Parameters
     ----------
@@ -320,8 +322,14 @@ class Checkpoint(Callback):
         # The fitted attributes (history_, n_iter_...) as they are now.
         estimator._publish(progress, event.incremental, warn=False)
         partial = path.with_name(path.name + ".partial")
-        with open(partial, "wb") as file:
-            pickle.dump(estimator, file, protocol=pickle.HIGHEST_PROTOCOL)
+        # Saved without its callbacks: they belong to the running program (and a class
+        # defined in a notebook or an open stream may not pickle).
+        callbacks, estimator.callbacks = estimator.callbacks, None
+        try:
+            with open(partial, "wb") as file:
+                pickle.dump(estimator, file, protocol=pickle.HIGHEST_PROTOCOL)
+        finally:
+            estimator.callbacks = callbacks
         os.replace(partial, path)
         return path
 

@@ -202,3 +202,47 @@ def test_trainer_stops_after_consecutive_rejections():
         progress = _run_judged([False] * 20, n_updates=20)
     assert progress.stop_reason == "diverged"
     assert progress.n_rejected_updates == MAX_CONSECUTIVE_REJECTIONS
+
+
+def test_trainer_reads_each_report_once_with_the_next_loss(monkeypatch):
+    """One host read per update: a step's report comes back with the next batch's loss."""
+    calls = []
+    fetch = StepReport.fetch
+
+    def counting_fetch(self, *extra):
+        calls.append(len(extra))
+        return fetch(self, *extra)
+
+    monkeypatch.setattr(StepReport, "fetch", counting_fetch)
+    progress = _run_judged([], n_updates=8)
+    assert progress.n_updates == 8
+    # Updates 2..8 read the previous report with their loss; the epoch's history row
+    # reads the last one.
+    assert calls == [1] * 7 + [0]
+
+
+def test_a_solver_registered_later_is_accepted_by_the_estimators():
+    from skkfac.solvers import TorchOptimizerSolver, register_solver
+
+    @register_solver("plain_gd")
+    class PlainGD(TorchOptimizerSolver):
+        hyperparameters = (Hyperparameter("lr", 0.05, [Interval(Real, 0, None,
+                                                                 closed="neither")],
+                                          "the step size.", "learning_rate_init"),)
+
+        def __init__(self, model, loss="squared_error", *, lr=0.05, alpha=0.0):
+            super().__init__(model, loss, alpha=alpha)
+            self.optimizer = torch.optim.SGD(self.params, lr=lr)
+
+    try:
+        X, y = make_regression(n_samples=40, n_features=3, random_state=0)
+        reg = KFACRegressor(hidden_layer_sizes=(4,), solver="plain_gd", max_iter=2,
+                            random_state=0)
+        with pytest.warns(Warning):
+            reg.fit(X, y / y.std())
+        assert isinstance(reg.solver_, PlainGD)
+        assert reg.solver_.optimizer.param_groups[0]["lr"] == 0.05
+        with pytest.raises(ValueError, match="No search space"):
+            search_space("plain_gd")
+    finally:
+        del SOLVERS["plain_gd"]

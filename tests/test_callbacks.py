@@ -136,7 +136,8 @@ def test_checkpoint_resumes_exactly_with_warm_start(data, solver, tmp_path):
     resumed = Checkpoint.load(tmp_path / "reg-3.pkl")
     assert resumed.n_iter_ == 3 and resumed.n_updates_ == 18
     assert len(resumed.history_) == 4  # the initial row and one per epoch
-    resumed.set_params(warm_start=True, max_iter=3, callbacks=None)
+    assert resumed.callbacks is None  # saved without them
+    resumed.set_params(warm_start=True, max_iter=3)
     _fit(resumed, X, y)
     assert resumed.n_iter_ == whole.n_iter_ == 6
     np.testing.assert_array_equal(resumed.predict(X), whole.predict(X))

@@ -23,8 +23,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skkfac.callbacks import LogProgress, check_callbacks, verbose_logging
 from skkfac.losses import get_loss
 from skkfac.nn import ACTIVATIONS, build_mlp
-from skkfac.solvers import SOLVERS, get_solver
-from skkfac.solvers.spec import estimator_parameters, solver_arguments
+from skkfac.solvers import get_solver
+from skkfac.solvers.spec import RegisteredSolver, estimator_parameters, solver_arguments
 from skkfac.training import Trainer, TrainingConfig, TrainingProgress
 
 #: Rows per forward pass when predicting or evaluating (bounds memory).
@@ -58,7 +58,7 @@ class BaseKFACEstimator(BaseEstimator):
 
     _parameter_constraints: ClassVar[dict] = {
         "activation": [StrOptions(set(ACTIVATIONS))],
-        "solver": [StrOptions(set(SOLVERS))],
+        "solver": [RegisteredSolver()],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "artificial_batch_size": [None, Interval(Integral, 1, None, closed="left")],
@@ -257,9 +257,7 @@ class BaseKFACEstimator(BaseEstimator):
         self.train_time_ = progress.train_time
         self.loss_curve_ = list(progress.loss_curve)
         self.loss_ = self.loss_curve_[-1] if self.loss_curve_ else float("nan")
-        # TODO(merge): drop n_rejected_steps once KFAC.step returns a StepReport.
-        self.n_rejected_updates_ = (progress.n_rejected_updates
-                                    + getattr(self.solver_, "n_rejected_steps", 0))
+        self.n_rejected_updates_ = progress.n_rejected_updates
         self.stop_reason_ = progress.stop_reason
         self.history_ = pd.DataFrame(progress.history)
         if self.early_stopping and not incremental:

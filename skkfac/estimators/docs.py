@@ -34,12 +34,7 @@ OWN_PARAMETERS = {
         "{'tanh', 'relu', 'logistic', 'identity'}, default='tanh'",
         "Activation after every hidden layer (the study used tanh). Weights are "
         "initialised Xavier/Glorot-uniform, biases at zero."),
-    "solver": (
-        None,  # generated from the registry
-        "The optimizer: ``'kfac'``, Kronecker-factored natural gradient "
-        "(:class:`skkfac.KFAC`); ``'sgd'``, stochastic gradient descent with (Nesterov) "
-        "momentum; ``'adam'``, Adam with scikit-learn's defaults. The other parameters "
-        "below that name a solver only apply to it."),
+    "solver": (None, None),  # generated from the registry
     "alpha": (
         "float, default=0.0",
         "L2 penalty ``alpha/2 * sum(W**2)`` over the weight matrices (not the biases), "
@@ -131,7 +126,7 @@ FITTED_ATTRIBUTES = """\
     n_iter_ : int
         Epochs completed.
     n_updates_ : int
-        Parameter updates made.
+        Updates made (calls of the solver's ``step``, rejected ones included).
     t_ : int
         Samples seen.
     train_time_ : float
@@ -187,11 +182,20 @@ def _solver_entry(parameter) -> tuple[str, str]:
     return type_line, text
 
 
+def _summary(cls) -> str:
+    """The first sentence of a class's docstring, without its final period."""
+    return cls.__doc__.strip().split("\n\n")[0].replace("\n", " ").split(". ")[0].rstrip(".")
+
+
 def _own_entry(name: str) -> tuple[str, str]:
     type_line, text = OWN_PARAMETERS[name]
     if name == "solver":
         options = ", ".join(repr(s) for s in SOLVERS)
         type_line = "{" + options + "}, default='kfac'"
+        text = " ".join(
+            f"``{solver!r}``: {_summary(cls)} (:class:`~skkfac.solvers.{cls.__name__}`)."
+            for solver, cls in SOLVERS.items())
+        text += " The parameters below that name a solver only apply to it."
     if name == "batch_size":
         sizes = ", ".join(f"``min({cls.auto_batch_size}, n_samples)`` for {name!r}"
                           for name, cls in SOLVERS.items())

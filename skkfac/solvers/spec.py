@@ -75,6 +75,23 @@ def get_solver(name: str) -> type:
         raise ValueError(f"Unknown solver {name!r}; expected one of {sorted(SOLVERS)}.") from None
 
 
+class RegisteredSolver(StrOptions):
+    """scikit-learn parameter constraint: the name of a solver registered *now*.
+
+    Read at validation time, so that a solver registered after the estimators were
+    imported is accepted as ``solver=<name>``.
+    """
+
+    def __init__(self):
+        super().__init__(set(SOLVERS))
+
+    def is_satisfied_by(self, val):
+        return isinstance(val, str) and val in SOLVERS
+
+    def __str__(self):
+        return "the name of a registered solver (" + ", ".join(map(repr, SOLVERS)) + ")"
+
+
 @dataclass
 class EstimatorParameter:
     """An estimator parameter that one or several solvers declare.
