@@ -58,17 +58,19 @@ def worker_rank(name) -> int:
 def _visible_devices() -> list[str]:
     """The CUDA devices this process may use, as ``CUDA_VISIBLE_DEVICES`` entries.
 
-    Counts through NVML where possible so that CUDA itself is not initialised (after
-    initialisation ``CUDA_VISIBLE_DEVICES`` no longer has any effect).
+    ``torch.cuda.device_count`` counts through NVML where it can, which leaves CUDA
+    uninitialised (``torch.cuda.is_available`` would initialise the driver, after which
+    ``CUDA_VISIBLE_DEVICES`` no longer has any effect).
     """
     import torch
 
-    if not torch.cuda.is_available():
+    count = torch.cuda.device_count()
+    if count == 0:
         return []
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
-        return [entry for entry in listed.split(",") if entry.strip()]
-    return [str(index) for index in range(torch.cuda.device_count())]
+        return [entry.strip() for entry in listed.split(",") if entry.strip()][:count]
+    return [str(index) for index in range(count)]
 
 
 def configure_torch(rank: int, *, threads: int | None = 1, devices="auto") -> str:
