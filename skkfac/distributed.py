@@ -349,7 +349,7 @@ def fit_data_parallel(estimator, X, y=None, *, n_processes: int = 2, backend=Non
         A new object; ``estimator`` itself is left unfitted.
     """
     import torch.multiprocessing as mp
-    from sklearn.base import clone
+    from sklearn.base import clone, is_classifier
 
     if getattr(estimator, "solver", None) != "kfac":
         raise ValueError("fit_data_parallel trains solver='kfac' only.")
@@ -361,6 +361,16 @@ def fit_data_parallel(estimator, X, y=None, *, n_processes: int = 2, backend=Non
     X = np.asarray(X)
     if X.shape[0] < 2 * n_processes:
         raise ValueError(f"{X.shape[0]} rows are too few for {n_processes} processes.")
+    if is_classifier(estimator):
+        # Each rank learns the classes from its shard: all must see every class.
+        classes = np.unique(np.asarray(y))
+        for rank in range(n_processes):
+            seen = np.unique(np.asarray(y)[shard_indices(X.shape[0], rank, n_processes)])
+            if len(seen) != len(classes):
+                raise ValueError(f"Rank {rank}'s shard lacks classes "
+                                 f"{sorted(set(classes.tolist()) - set(seen.tolist()))}: "
+                                 "every rank must see every class (reorder or subsample "
+                                 "the rows).")
     if backend is None:
         backend = ("nccl" if estimator.device != "cpu"
                    and torch.cuda.device_count() >= n_processes else "gloo")

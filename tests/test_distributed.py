@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from skkfac import KFAC, KFACRegressor
+from skkfac import KFAC, KFACClassifier, KFACRegressor
 from skkfac.distributed import Communicator, fit_data_parallel, shard_indices
 from skkfac.nn import build_mlp
 
@@ -161,3 +161,6 @@ def test_fit_data_parallel_rejects_what_it_cannot_do():
         fit_data_parallel(KFACRegressor(batch_size=41), X, y)
     with pytest.raises(ValueError, match="early_stopping"):
         fit_data_parallel(KFACRegressor(early_stopping=True), X, y)
+    labels = np.array(["a", "b"] * 40)  # rank 0 gets every 'a', rank 1 every 'b'
+    with pytest.raises(ValueError, match=r"Rank 0's shard lacks classes \['b'\]"):
+        fit_data_parallel(KFACClassifier(batch_size=40), X, labels)
