@@ -137,8 +137,9 @@ class KFAC(Solver, torch.optim.Optimizer):
         makes the update of the whole batch. Gradients are not reduced again when
         ``model`` is a ``DistributedDataParallel``. Ignored in a single process.
     distribute_inverses : bool, default=True
-        In a process group: invert each layer's factors on one rank
-        (``layer mod world_size``) and broadcast; ``False``: every rank inverts all.
+        In a process group: invert each layer's factors and precondition its gradient
+        on one rank (``layer mod world_size``) and broadcast the inverse and the
+        direction; ``False``: every rank does all layers itself.
 
     Examples
     --------
@@ -583,6 +584,21 @@ class KFAC(Solver, torch.optim.Optimizer):
                                                                       damping)
         self.state[self.layers[index].weight]["inverse"] = block.inverse.tensors()
 
+    def _precondition(self, gradients) -> list[torch.Tensor]:
+        """The K-FAC directions ``-(A ⊗ G)⁻¹ ∇`` of every layer. Data-parallel with
+        ``distribute_inverses``: each rank computes its own layers' and broadcasts them."""
+        comm = self.communicator
+        shared_out = comm.active and self.distribute_inverses
+        directions = [
+            torch.empty_like(V) if shared_out and comm.owner(index) != comm.rank else
+            torch.nan_to_num_(block.inverse.apply(V).neg_(), 0.0, 0.0, 0.0).contiguous()
+            for index, (block, V) in enumerate(zip(self.blocks, gradients))]
+        if shared_out:
+            for owner in range(comm.world_size):
+                comm.broadcast([d for index, d in enumerate(directions)
+                                if comm.owner(index) == owner], src=owner)
+        return directions
+
     def _invert_shared_out(self, damping: torch.Tensor) -> None:
         """Data-parallel: each rank inverts the layers it owns, then receives the others."""
 
@@ -646,8 +662,7 @@ class KFAC(Solver, torch.optim.Optimizer):
             if self._refresh_due(k):
                 self._refresh_inverses()
         with self.timer.phase("precondition"):
-            directions = [torch.nan_to_num_(block.inverse.apply(V).neg_(), 0.0, 0.0, 0.0)
-                          for block, V in zip(self.blocks, gradients)]
+            directions = self._precondition(gradients)
         with self.timer.phase("update"):
             return self._take_step(k, decay, directions, gradients)
 
