@@ -60,8 +60,7 @@ def measure_ranks(X_train, X_eval, n_processes: int, max_time: float, seed: int)
            "train_time": fitted.train_time_,
            "samples_per_s": fitted.n_updates_ * BATCH / fitted.train_time_,
            "final_eval_loss": float(history["eval_loss"].iloc[-1]),
-           # The same work per rank whatever the number of ranks: its growth with more
-           # ranks measures how much CPU each rank really got.
+           # One rank: every layer's; several: each rank its layers' plus the broadcast.
            "precondition_s_per_update": float(history["time_precondition"].iloc[-1])
            / max(fitted.n_updates_, 1),
            "wall_seconds": wall}
@@ -143,7 +142,7 @@ def write_summary(out: Path, scaling: pd.DataFrame, inverses: pd.DataFrame, *,
         "     - speed-up",
         f"     - s to loss {target:.4g}",
         "     - final held-out loss",
-        "     - preconditioning s/update (same work per rank)",
+        "     - preconditioning s/update",
     ]
     for row in scaling.itertuples():
         lines += [f"   * - {row.n_processes}", f"     - {row.n_updates}",
