@@ -1,4 +1,4 @@
-"""Benchmark suite of skkfac: K-FAC against SGD with Nesterov momentum, after the study.
+"""Benchmark suite of skkfac: K-FAC against SGD-Nesterov and Adam, after the study.
 
 Run ``python -m benchmarks <sub-command> [--problem P] [--quick] [--data-home DIR]
 [--out DIR]`` from the repository root (``--help`` on each sub-command lists its
@@ -6,21 +6,27 @@ options and default budgets):
 
 ===================  ===================================================================
 ``quick``            every experiment end to end on scikit-learn's digits with tiny
-                     budgets (about 1-2 minutes on 2 CPU cores); ``make bench``
-``tune``             Bayesian optimisation of each solver over
-                     :mod:`skkfac.search`'s spaces, each trial trained for a fixed
-                     ``max_time`` and scored on a fixed validation split; resumable
-``compare``          retrain the best 4 configurations per solver with the full test
-                     set as ``eval_set``: tables like the study's Tables 1-3, learning
-                     curves like its Figures 6-9, and a verdict
+                     budgets (``make bench``); ends by listing the report and figures
+``tune``             Bayesian optimisation of each solver over :mod:`skkfac.search`'s
+                     spaces (widened where earlier best trials sat at an edge), each
+                     trial trained for a fixed ``max_time`` and scored on a fixed
+                     validation split; resumable
+``compare``          retrain each solver's best configurations with several seeds:
+                     held-out and training loss (median and spread), time to target,
+                     floor and budget rules, a verdict that says "no winner" when the
+                     spreads overlap; learning curves like the study's Figures 6-9
 ``batch-size``       K-FAC's batch-size experiments (the study's Figures 2-4)
 ``time-budget``      check that ``max_time`` stops training on time
+``gpu``              the three problems at the study's own settings (10 s runs), one
+                     text file; ``--device cuda`` on a GPU machine
 ``report``           gather every result into ``REPORT.md`` with the exact commands
 ===================  ===================================================================
 
-Problems (:mod:`benchmarks.problems`): ``mnist_ae``, ``regression`` (CT slices, else
-UCI ``keggundirected``), ``cifar10`` and the small ``digits``. Budgets
-(:mod:`benchmarks.budgets`) default to 20-second trainings sized for a 2-core CPU.
+The solvers are every solver registered in :data:`skkfac.solvers.SOLVERS`. Problems
+(:mod:`benchmarks.problems`): ``mnist_ae``, ``regression`` (CT slices, else UCI
+``keggundirected``), ``protein`` (UCI, a second regression stand-in), ``cifar10`` and
+the small ``digits``. Budgets (:mod:`benchmarks.budgets`) are set per problem for a
+2-core CPU. ``benchmarks/run_full.sh`` runs the whole protocol, resumably.
 
 Every experiment goes through the public estimators (:mod:`skkfac`) and loaders
 (:mod:`skkfac.datasets`). Results are written under ``--out`` (default

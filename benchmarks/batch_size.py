@@ -6,7 +6,9 @@ retrains them on the whole training set, scoring the final loss on the full test
 
 ``fig2_time`` / ``fig2_updates``
     final test loss against ``batch_size`` under a time budget (``bs_max_time``) and an
-    update budget (``bs_updates``) — Figure 2.
+    update budget (``bs_updates``) — Figure 2; besides K-FAC's configurations, the best
+    configuration of every other solver with search results in the folder (SGD-Nesterov,
+    Adam, ...) at the same batch sizes.
 ``fig3_lr``
     the best configuration at ``bs_lr_factors`` x its learning rate against batch size,
     time budget — Figure 3 left. Figure 3 right (share of training time spent inverting,
@@ -25,6 +27,7 @@ Points are appended to ``batch_size.csv`` as they finish; re-running skips them.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -34,10 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.records import CsvLog, check_settings, log
+from benchmarks.solvers import registered_solvers
 from benchmarks.tune import best_configs, params_of
 
-POINT_COLUMNS = ["experiment", "config", "trial", "batch_size", "artificial_batch_size",
-                 "learning_rate_init", "momentum_rate", "momentum_max", "damping",
+POINT_COLUMNS = ["experiment", "solver", "config", "trial", "batch_size",
+                 "artificial_batch_size", "params", "learning_rate_init", "momentum_rate",
+                 "momentum_max", "damping",
                  "budget", "test_loss", "train_time", "n_updates", "time_inverse",
                  "inverse_fraction", "stop_reason", "wall_seconds", "load_avg"]
 DEFAULT_KFAC = {"learning_rate_init": 0.3, "momentum_rate": 1.0, "momentum_max": 0.6,
@@ -83,27 +88,48 @@ def _configs(out_dir, k: int, progress):
     return [(1, -1, dict(DEFAULT_KFAC))]
 
 
-def plan_points(configs, budget, n_train: int) -> list[dict]:
-    """Every point of the batch-size experiments (batch sizes capped to the data)."""
+def _other_solvers(out_dir) -> list:
+    """``(solver, trial, params)`` of the best trial of every other searched solver."""
+    found = []
+    for solver in registered_solvers():
+        if solver == "kfac":
+            continue
+        configs = best_configs(out_dir, solver, 1)
+        if len(configs):
+            row = configs.to_dict("records")[0]
+            found.append((solver, int(row["trial"]), params_of(row, solver)))
+    return found
+
+
+def plan_points(configs, budget, n_train: int, others=()) -> list[dict]:
+    """Every point of the batch-size experiments (batch sizes capped to the data).
+
+    ``configs``: K-FAC's ``(rank, trial, params)``; ``others``: ``(solver, trial,
+    params)`` of other solvers, which join Figure 2.
+    """
     fits = lambda b: b <= n_train  # noqa: E731
     sizes = [b for b in budget.bs_batch_sizes if fits(b)]
     points = []
-    for rank, trial, params in configs:
+    runs = [("kfac", rank, trial, params) for rank, trial, params in configs]
+    runs += [(solver, 1, trial, params) for solver, trial, params in others]
+    for solver, rank, trial, params in runs:
         for b in sizes:
             for experiment in ("fig2_time", "fig2_updates"):
-                points.append({"experiment": experiment, "config": rank, "trial": trial,
-                               **params, "batch_size": b, "artificial_batch_size": None})
+                points.append({"experiment": experiment, "solver": solver, "config": rank,
+                               "trial": trial, **params, "batch_size": b,
+                               "artificial_batch_size": None})
     best_rank, best_trial, best = configs[0]
     for factor in budget.bs_lr_factors:
         for b in (b for b in budget.bs_lr_batch_sizes if fits(b)):
-            points.append({"experiment": "fig3_lr", "config": best_rank, "trial": best_trial,
+            points.append({"experiment": "fig3_lr", "solver": "kfac", "config": best_rank,
+                           "trial": best_trial,
                            **best, "learning_rate_init": best["learning_rate_init"] * factor,
                            "batch_size": b, "artificial_batch_size": None})
     for rank, trial, params in configs:
         for a in (a for a in budget.bs_artificial_sizes if fits(a)):
             for experiment in ("fig4_time", "fig4_updates"):
-                points.append({"experiment": experiment, "config": rank, "trial": trial,
-                               **params, "batch_size": budget.bs_real_batch,
+                points.append({"experiment": experiment, "solver": "kfac", "config": rank,
+                               "trial": trial, **params, "batch_size": budget.bs_real_batch,
                                "artificial_batch_size": max(a, budget.bs_real_batch)})
     return points
 
@@ -111,8 +137,8 @@ def plan_points(configs, budget, n_train: int) -> list[dict]:
 def _key(point) -> tuple:
     ab = point.get("artificial_batch_size")
     ab = None if ab is None or (isinstance(ab, float) and math.isnan(ab)) else int(ab)
-    return (point["experiment"], int(point["config"]), int(point["batch_size"]), ab,
-            round(float(point["learning_rate_init"]), 12))
+    return (point["experiment"], point["solver"], int(point["config"]),
+            int(point["batch_size"]), ab, round(float(point["learning_rate_init"]), 12))
 
 
 def run_batch_size(problem, data, out_dir, budget, *, seed: int = 0, device: str = "auto",
@@ -132,7 +158,7 @@ def run_batch_size(problem, data, out_dir, budget, *, seed: int = 0, device: str
     check_settings(out_dir / "batch_size.json", settings, fresh=fresh)
     X, y = data.X_full, data.y_full
     eval_X, eval_y = data.X_test, data.y_test
-    points = plan_points(configs, budget, len(X))
+    points = plan_points(configs, budget, len(X), _other_solvers(out_dir))
     done = {_key(p) for p in point_log.read().to_dict("records")}
     todo = [p for p in points if _key(p) not in done]
     progress(f"batch-size {problem.name}: {len(points)} points, {len(points) - len(todo)} "
@@ -142,8 +168,9 @@ def run_batch_size(problem, data, out_dir, budget, *, seed: int = 0, device: str
     for i, point in enumerate(todo):
         experiment = point["experiment"]
         by_updates = experiment.endswith("_updates")
-        params = {k: point[k] for k in ("learning_rate_init", "momentum_rate", "momentum_max",
-                                        "damping", "batch_size")}
+        solver = point["solver"]
+        known = set(params_of(point, solver)) | {"batch_size"}
+        params = {k: v for k, v in point.items() if k in known}
         if point["artificial_batch_size"] is not None:
             params["artificial_batch_size"] = point["artificial_batch_size"]
         run_seed = seed + int(point["config"])
@@ -154,12 +181,12 @@ def run_batch_size(problem, data, out_dir, budget, *, seed: int = 0, device: str
             if by_updates:
                 n_updates = (budget.bs_artificial_updates if experiment.startswith("fig4")
                              else budget.bs_updates)
-                estimator = problem.make_estimator("kfac", device=device,
+                estimator = problem.make_estimator(solver, device=device,
                                                    random_state=run_seed, **params)
                 train_for_updates(estimator, X, y, n_updates, seed=run_seed)
                 budget_value = n_updates
             else:
-                estimator = problem.make_estimator("kfac", max_time=budget.bs_max_time,
+                estimator = problem.make_estimator(solver, max_time=budget.bs_max_time,
                                                    device=device, random_state=run_seed,
                                                    **params)
                 estimator.fit(X) if y is None else estimator.fit(X, y)
@@ -167,7 +194,10 @@ def run_batch_size(problem, data, out_dir, budget, *, seed: int = 0, device: str
             loss = problem.loss(estimator, eval_X, eval_y)
         last = estimator.history_.iloc[-1]
         inverse = float(last.get("time_inverse", math.nan))
-        row = {**point, "budget": budget_value, "test_loss": loss,
+        row = {**{k: v for k, v in point.items() if k in POINT_COLUMNS},
+               "params": json.dumps({k: v for k, v in params.items()
+                                     if k != "artificial_batch_size"}, sort_keys=True),
+               "budget": budget_value, "test_loss": loss,
                "train_time": estimator.train_time_, "n_updates": estimator.n_updates_,
                "time_inverse": inverse,
                "inverse_fraction": inverse / estimator.train_time_
@@ -180,7 +210,7 @@ def run_batch_size(problem, data, out_dir, budget, *, seed: int = 0, device: str
         eta = (time.time() - start) / (i + 1) * left
         artificial = (f" artificial {point['artificial_batch_size']}"
                       if point["artificial_batch_size"] else "")
-        progress(f"batch-size {problem.name}: {experiment} config #{point['config']} "
+        progress(f"batch-size {problem.name}: {experiment} {solver} #{point['config']} "
                  f"batch {point['batch_size']}{artificial} lr "
                  f"{point['learning_rate_init']:.3g} -> test loss {loss:.5g} "
                  f"({estimator.n_updates_} updates, {estimator.train_time_:.2f} s, "
@@ -193,7 +223,7 @@ def run_batch_size(problem, data, out_dir, budget, *, seed: int = 0, device: str
                               time_budget=budget.bs_max_time, update_budget=budget.bs_updates,
                               artificial_updates=budget.bs_artificial_updates,
                               real_batch=budget.bs_real_batch)
-    summary = (table.groupby(["experiment", "batch_size", "artificial_batch_size"],
+    summary = (table.groupby(["experiment", "solver", "batch_size", "artificial_batch_size"],
                              dropna=False)["test_loss"].min().reset_index())
     summary.to_csv(out_dir / "batch_size_summary.csv", index=False)
     progress(f"batch-size {problem.name}: wrote {', '.join(p.name for p in figures)}")

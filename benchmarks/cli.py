@@ -7,7 +7,12 @@ Examples (from the repository root)::
     python -m benchmarks compare --problem mnist_ae --data-home /work/shared/data
     python -m benchmarks batch-size --problem mnist_ae --data-home /work/shared/data
     python -m benchmarks time-budget --data-home /work/shared/data
+    python -m benchmarks gpu --data-home /work/shared/data --device cuda
     python -m benchmarks report
+
+Default budgets depend on the problem (``benchmarks/budgets.py``); every solver
+registered in ``skkfac.solvers.SOLVERS`` is searched and compared unless ``--solver``
+names some.
 
 Long runs print a progress line per finished unit and can be stopped (Ctrl-C) and
 resumed by running the same command again; ``--fresh`` discards earlier results of the
@@ -20,9 +25,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.budgets import DEFAULT, QUICK
+from benchmarks.budgets import QUICK, problem_budget
 from benchmarks.problems import PROBLEMS
-from benchmarks.records import CommandLog, log, read_settings
+from benchmarks.records import CommandLog, log
+from benchmarks.solvers import registered_solvers
 
 DEFAULT_OUT = Path("benchmarks") / "results"
 QUICK_OUT = DEFAULT_OUT / "_scratch" / "quick"
@@ -53,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUB-COMMAND")
-    d = DEFAULT
+    d = problem_budget("mnist_ae")
+    solvers = list(registered_solvers())
+    per_problem = " (per-problem default; mnist_ae: {})"
 
     quick = sub.add_parser("quick", help="every experiment on digits, tiny budgets (<3 min)")
     _common(quick, problem=False)
@@ -64,13 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser("tune", help="Bayesian optimisation per solver (resumable)")
     _common(tune)
-    tune.add_argument("--solver", nargs="+", choices=["kfac", "sgd"], default=["kfac", "sgd"])
+    tune.add_argument("--solver", nargs="+", choices=solvers, default=None,
+                      help=f"solvers to search (default: all registered: {' '.join(solvers)})")
     tune.add_argument("--max-time", type=float, default=None,
-                      help=f"training seconds per trial (default {d.tune_max_time:g})")
+                      help="training seconds per trial" + per_problem.format(
+                          f"{d.tune_max_time:g}"))
     tune.add_argument("--n-trials", type=int, default=None,
-                      help=f"trials per solver, finished ones included (default {d.n_trials})")
+                      help="trials per solver, finished ones included"
+                           + per_problem.format(d.n_trials))
     tune.add_argument("--n-initial-points", type=int, default=None,
-                      help=f"random trials first (default {d.n_initial_points})")
+                      help="random trials first" + per_problem.format(d.n_initial_points))
     tune.add_argument("--repeats", type=int, default=None,
                       help=f"trainings per trial, averaged (default {d.repeats})")
     tune.add_argument("--fresh", action="store_true", help="discard earlier trials")
@@ -82,12 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="retrain the best configurations, verdict")
     _common(compare)
-    compare.add_argument("--solver", nargs="+", choices=["kfac", "sgd"],
-                         default=["kfac", "sgd"])
+    compare.add_argument("--solver", nargs="+", choices=solvers, default=None,
+                         help="solvers to compare (default: all with search results)")
     compare.add_argument("--max-time", type=float, default=None,
-                         help="training seconds per run (default: the search's max_time)")
+                         help="training seconds per run"
+                              + per_problem.format(f"{d.compare_time:g}"))
     compare.add_argument("--top-k", type=int, default=None,
-                         help=f"configurations per solver (default {d.top_k})")
+                         help="configurations per solver" + per_problem.format(d.top_k))
+    compare.add_argument("--seeds", type=int, default=None,
+                         help="seeds per configuration" + per_problem.format(d.seeds))
+    compare.add_argument("--train-eval-rows", type=int, default=None,
+                         help="training rows evaluated for the training-loss curves "
+                              "(default: all; cifar10: 5000)")
     compare.add_argument("--eval-points", type=int, default=None,
                          help=f"test evaluations per run (default {d.eval_points})")
     compare.add_argument("--fresh", action="store_true", help="discard earlier runs")
@@ -124,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--runs", type=int, default=None,
                     help=f"number of fits (default {d.time_budget_runs})")
 
+    gpu = sub.add_parser("gpu", help="the three problems at the study's settings, 10 s "
+                                     "each (< 8 min): one text file")
+    _common(gpu, problem=False)
+    gpu.add_argument("--max-time", type=float, default=10.0,
+                     help="training seconds per run (default 10, the study's)")
+    gpu.add_argument("--problems", nargs="+", default=None,
+                     choices=sorted(p for p in PROBLEMS if PROBLEMS[p].study),
+                     help="problems to run (default: mnist_ae regression cifar10)")
+
     report = sub.add_parser("report", help="gather the results into REPORT.md")
     report.add_argument("--out", type=Path, default=None,
                         help=f"results root (default {DEFAULT_OUT})")
@@ -131,14 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _budget(args):
-    base = QUICK if args.command == "quick" or getattr(args, "quick", False) else DEFAULT
+    quick = args.command == "quick" or getattr(args, "quick", False)
+    base = QUICK if quick else problem_budget(getattr(args, "problem", None))
     command = args.command
     if command == "tune":
         return base.override(tune_max_time=args.max_time, n_trials=args.n_trials,
                              n_initial_points=args.n_initial_points, repeats=args.repeats)
     if command == "compare":
         return base.override(compare_max_time=args.max_time, top_k=args.top_k,
-                             eval_points=args.eval_points)
+                             seeds=args.seeds, eval_points=args.eval_points,
+                             train_eval_rows=args.train_eval_rows)
     if command == "batch-size":
         return base.override(
             bs_max_time=args.max_time, bs_updates=args.updates,
@@ -195,6 +223,14 @@ def _run(args, out: Path) -> int:
                                   regression_data=args.regression_data, seed=args.seed,
                                   device=args.device)
         return 0 if summary["criterion_holds"] else 1
+    if args.command == "gpu":
+        from benchmarks.gpu_check import run_gpu_check
+
+        path = run_gpu_check(out / "gpu", data_home=args.data_home, device=args.device,
+                             max_time=args.max_time, problems=args.problems,
+                             regression_data=args.regression_data)
+        log(f"wrote {path}")
+        return 0
     problem_name = args.problem or ("digits" if args.quick else None)
     if problem_name is None:
         raise SystemExit(f"{args.command}: --problem is required (one of "
@@ -209,19 +245,15 @@ def _run(args, out: Path) -> int:
     if args.command == "tune":
         from benchmarks.tune import run_tune
 
-        run_tune(problem, data, folder, budget, solvers=tuple(args.solver), seed=args.seed,
+        run_tune(problem, data, folder, budget, solvers=args.solver, seed=args.seed,
                  device=args.device, fresh=args.fresh, scheduler=args.scheduler,
                  n_workers=args.n_workers)
     elif args.command == "compare":
         from benchmarks.compare import run_compare
 
-        if args.max_time is None:
-            tuned = read_settings(folder / "tune_kfac.json") or read_settings(
-                folder / "tune_sgd.json")
-            if tuned:
-                budget = budget.override(compare_max_time=float(tuned["max_time"]))
-        run_compare(problem, data, folder, budget, solvers=tuple(args.solver),
-                    seed=args.seed, device=args.device, fresh=args.fresh)
+        result = run_compare(problem, data, folder, budget, solvers=args.solver,
+                             seed=args.seed, device=args.device, fresh=args.fresh)
+        log("figures: " + ", ".join(str(p) for p in result["figures"]))
     elif args.command == "batch-size":
         from benchmarks.batch_size import run_batch_size
 

@@ -1,6 +1,6 @@
 """``quick``: every experiment end to end on the ``digits`` problem with tiny budgets.
 
-Search (both solvers) -> retrain the best configurations on the test set (comparison
+Search (every registered solver) -> retrain the best configurations on the test set (comparison
 table, verdict, learning-curve figures) -> the batch-size experiments -> the time-budget
 check -> ``REPORT.md``. Budgets: :data:`benchmarks.budgets.QUICK` (about 1-2 minutes
 on 2 CPU cores). Results go to ``<out>/digits``, ``<out>/time_budget`` and
@@ -22,15 +22,16 @@ from benchmarks.compare import run_compare
 from benchmarks.problems import get_problem
 from benchmarks.records import log
 from benchmarks.report import write_report
+from benchmarks.solvers import label, registered_solvers
 from benchmarks.time_budget import run_time_budget
-from benchmarks.tune import SOLVER_LABELS, run_tune
+from benchmarks.tune import run_tune
 
 
 def solver_table(runs) -> str:
-    """One line per solver: final test losses of its retrained configurations."""
-    lines = [f"{'solver':<7}{'runs':>5}{'best':>11}{'median':>11}{'worst':>11}"
+    """One line per solver: final test losses of all its retrained runs."""
+    lines = [f"{'solver':<13}{'runs':>5}{'best':>11}{'median':>11}{'worst':>11}"
              f"{'updates':>9}  best configuration"]
-    for solver in ("kfac", "sgd"):
+    for solver in registered_solvers():
         sub = runs[runs["solver"] == solver].sort_values("final_loss")
         if not len(sub):
             continue
@@ -38,7 +39,7 @@ def solver_table(runs) -> str:
         params = json.loads(sub["params"].iloc[0])
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in params.items())
-        lines.append(f"{SOLVER_LABELS[solver]:<7}{len(sub):>5}{min(losses):>11.5f}"
+        lines.append(f"{label(solver):<13}{len(sub):>5}{min(losses):>11.5f}"
                      f"{statistics.median(losses):>11.5f}{max(losses):>11.5f}"
                      f"{int(statistics.median(sub['n_updates'])):>9}  {shown}")
     return "\n".join(lines)
@@ -73,8 +74,18 @@ def run_quick(out, budget=QUICK, *, data_home=None, seed: int = 0, device: str =
     print(solver_table(result["runs"]), flush=True)
     print("\n".join(result["lines"]), flush=True)
     if timing is not None:
-        print(f"max_time check: {'holds' if timing['criterion_holds'] else 'FAILS'} "
-              f"(median train_time_ {timing['median_train_time']:.3f} s for max_time "
-              f"{timing['max_time']:g} s)", flush=True)
-    print(f"quick benchmark finished in {elapsed:.0f} s; report: {report}", flush=True)
+        print(f"max_time check (does training stop when its time budget is spent?): "
+              f"{'holds' if timing['criterion_holds'] else 'FAILS'} (median train_time_ "
+              f"{timing['median_train_time']:.3f} s for max_time {timing['max_time']:g} s; "
+              "allowed: 5 % plus one update)", flush=True)
+    print(f"\nquick benchmark finished in {elapsed:.0f} s. Results are in {out}/:",
+          flush=True)
+    print(written_files(out), flush=True)
     return {**result, "timing": timing, "elapsed": elapsed, "report": report}
+
+
+def written_files(out) -> str:
+    """The report and every figure under ``out``, one per line (what a newcomer opens)."""
+    out = Path(out)
+    files = [out / "REPORT.md", *sorted(out.rglob("*.png"))]
+    return "\n".join(f"  {path}" for path in files if path.is_file())

@@ -1,9 +1,11 @@
 """``tune``: Bayesian optimisation of each solver's hyper-parameters, resumable.
 
 Every trial trains the problem's estimator for a fixed ``max_time`` on the training
-split and scores it on the fixed validation split (sklearn's ``PredefinedSplit`` through
-``cross_validate``); ``repeats`` trainings with different seeds are averaged, as the study
-did. The search space is :func:`skkfac.search.search_space`.
+split and scores it on the fixed validation split (:func:`run_trial`, one function per
+trial, so that trials can be farmed out); ``repeats`` trainings with different seeds are
+averaged, as the study did. The search space is :func:`skkfac.search.search_space`,
+widened where the earlier searches' best trials sat at an edge (:data:`WIDER_RANGES`,
+:func:`benchmark_space`); the widened space is recorded with the trials.
 
 Why an ask/tell loop and not ``BayesSearchCV``. ``skopt.BayesSearchCV`` works with
 scikit-learn 1.9 and our estimators unchanged (``tests/test_benchmarks.py`` checks it),
@@ -34,12 +36,45 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.records import CsvLog, check_settings, log
+from benchmarks.solvers import registered_solvers
 from skkfac.search import search_space
 
-SOLVER_LABELS = {"kfac": "K-FAC", "sgd": "SGD"}
+#: Ranges the benchmark searches beyond ``skkfac.search``'s, where the best trials of
+#: the earlier searches (20 s budgets) sat at an edge: ``(low, high)``, None keeps the
+#: library's end. A range only ever widens (the union with the library's is used).
+WIDER_RANGES = {
+    "sgd": {"learning_rate_init": (1e-4, None), "batch_size": (16, None),
+            "momentum": (None, 0.999)},
+    "kfac": {"learning_rate_init": (None, 3.0), "momentum_rate": (None, 3.0),
+             "momentum_max": (None, 0.99), "damping": (None, 3.0)},
+    # On the CIFAR-10 network (3072-3000-...-250-10, tanh) Adam at 1e-3 collapses to the
+    # constant predictor (loss ln 10) while 1e-4 learns: room below the library's 1e-4.
+    "adam": {"learning_rate_init": (1e-5, None)},
+}
 RESULT_COLUMNS = ["val_loss", "val_loss_std", "val_losses", "val_accuracy", "objective",
                   "train_time", "n_updates", "stop_reason", "seeds", "wall_seconds",
                   "load_avg", "finished_at"]
+
+
+def benchmark_space(solver: str, n_samples=None) -> dict:
+    """``skkfac.search.search_space(solver, n_samples)`` widened by :data:`WIDER_RANGES`."""
+    from skopt.space import Integer
+
+    space = search_space(solver, n_samples)
+    for name, (low, high) in WIDER_RANGES.get(solver, {}).items():
+        dimension = space.get(name)
+        if dimension is None:
+            continue
+        old_low, old_high = dimension.bounds
+        if name == "batch_size" and n_samples is not None and old_high < (low or 0) * 8:
+            continue  # small data: the library already shrank the range to fit
+        new_low = old_low if low is None else min(old_low, low)
+        new_high = old_high if high is None else max(old_high, high)
+        kind = type(dimension)
+        if kind is Integer:
+            new_low, new_high = int(new_low), int(new_high)
+        space[name] = kind(new_low, new_high, prior=dimension.prior, name=name)
+    return space
 
 
 def tune_csv(out_dir, solver) -> Path:
@@ -78,7 +113,8 @@ def run_search(space: dict, evaluate, csv_log: CsvLog, *, n_trials: int,
     space : dict of str to skopt.space.Dimension
     evaluate : callable
         ``evaluate(params, trial) -> dict`` with at least ``'objective'`` (minimised)
-        and ``'val_loss'``; its keys must be columns of ``csv_log``.
+        and ``'val_loss'``; its keys must be columns of ``csv_log``. Trials are numbered
+        from 1.
     csv_log : CsvLog
         Columns ``tune_columns(space)``; finished trials found in it are replayed.
     n_trials : int
@@ -121,12 +157,12 @@ def run_search(space: dict, evaluate, csv_log: CsvLog, *, n_trials: int,
                                        if diverged else ""))
     best = done["val_loss"].min() if len(done) else math.inf
     start = time.time()
-    for trial in range(len(done), n_trials):
+    for trial in range(len(done) + 1, n_trials + 1):  # numbered from 1, as shown everywhere
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             x = [_cast(d, v) for d, v in zip(dimensions, optimizer.ask())]
         params = dict(zip(names, x))
-        phase = "random" if trial < n_initial_points else "GP"
+        phase = "random" if trial <= n_initial_points else "GP"
         trial_start = time.time()
         result = evaluate(params, trial)
         row = {"trial": trial, **params, **result}
@@ -136,10 +172,10 @@ def run_search(space: dict, evaluate, csv_log: CsvLog, *, n_trials: int,
             optimizer.tell(x, float(result["objective"]))
         loss = float(result["val_loss"])
         best = min(best, loss) if math.isfinite(loss) else best
-        left = n_trials - trial - 1
-        eta = (time.time() - start) / (trial + 1 - len(done)) * left
+        left = n_trials - trial
+        eta = (time.time() - start) / (trial - len(done)) * left
         shown = " ".join(f"{k}={_short(v)}" for k, v in params.items())
-        progress(f"{label}: trial {trial + 1}/{n_trials} ({phase}) {shown} -> val loss "
+        progress(f"{label}: trial {trial}/{n_trials} ({phase}) {shown} -> val loss "
                  f"{loss:.5g} (best {best:.5g}); {_short(result.get('n_updates'))} updates, "
                  f"{time.time() - trial_start:.1f} s wall; {left} left, ETA "
                  f"{eta / 60:.1f} min")
@@ -152,70 +188,90 @@ def _short(value) -> str:
     return str(value)
 
 
+def run_trial(problem, data, solver: str, params: dict, trial: int, *, max_time: float,
+              repeats: int = 1, seed: int = 0, device: str = "auto") -> dict:
+    """Run one search trial: train ``repeats`` times on the training split, score on the
+    validation split.
+
+    Everything the trial needs comes in through its arguments, so trials can run in
+    any order or in parallel (seeds depend on ``trial`` and the repeat only).
+
+    Returns
+    -------
+    dict
+        The result columns of ``tune_<solver>.csv`` (:data:`RESULT_COLUMNS`).
+    """
+    cap = 10.0 * problem.baseline_loss(data)
+    losses, accuracies, times, updates, reasons, seeds = [], [], [], [], [], []
+    wall = time.time()
+    for repeat in range(repeats):
+        run_seed = seed + 1000 * trial + repeat
+        estimator = problem.make_estimator(solver, max_time=max_time, device=device,
+                                           random_state=run_seed, **params)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # divergence: stop_reason
+                warnings.simplefilter("ignore", UserWarning)
+                if data.y_train is None:
+                    estimator.fit(data.X_train)
+                else:
+                    estimator.fit(data.X_train, data.y_train)
+            losses.append(problem.loss(estimator, data.X_val, data.y_val))
+            accuracies.append(problem.accuracy(estimator, data.X_val, data.y_val))
+            reasons.append(estimator.stop_reason_)
+        except (ValueError, RuntimeError, FloatingPointError) as error:
+            # e.g. NaN predictions refused by a metric: a failed trial, not a failed search
+            losses.append(math.nan)
+            accuracies.append(math.nan)
+            reasons.append(f"failed ({type(error).__name__})")
+        times.append(getattr(estimator, "train_time_", math.nan))
+        updates.append(getattr(estimator, "n_updates_", 0))
+        seeds.append(run_seed)
+    finite = [v for v in losses if math.isfinite(v)]
+    mean = float(np.mean(losses)) if len(finite) == len(losses) else math.inf
+    return {
+        "val_loss": mean,
+        "val_loss_std": float(np.std(finite)) if finite else math.nan,
+        "val_losses": ";".join(f"{v:.6g}" for v in losses),
+        "val_accuracy": float(np.mean(accuracies)),
+        "objective": math.log10(min(mean, cap)) if mean > 0 else math.log10(cap),
+        "train_time": float(np.mean(times)),
+        "n_updates": float(np.mean(updates)),
+        "stop_reason": ";".join(sorted(set(reasons))),
+        "seeds": ";".join(map(str, seeds)),
+        "wall_seconds": round(time.time() - wall, 2),
+        # 1-minute load average: above the core count, timings were disturbed
+        "load_avg": round(os.getloadavg()[0], 2),
+        "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
 def make_trial_evaluator(problem, data, solver: str, *, max_time: float, repeats: int,
                          seed: int, device: str = "auto"):
-    """``evaluate(params, trial)`` training ``repeats`` times on the validation split."""
-    from sklearn.model_selection import PredefinedSplit, cross_validate
-
-    X = np.concatenate([data.X_train, data.X_val])
-    y = None if data.y_train is None else np.concatenate([data.y_train, data.y_val])
-    fold = np.r_[np.full(len(data.X_train), -1), np.zeros(len(data.X_val), dtype=int)]
-    split = PredefinedSplit(fold)
-    # sklearn calls a scorer without y for unsupervised estimators (the autoencoder).
-    scoring = {"neg_loss": lambda est, X_, y_=None: -problem.loss(est, X_, y_)}
-    if problem.is_classifier:
-        scoring["accuracy"] = lambda est, X_, y_=None: problem.accuracy(est, X_, y_)
-    cap = 10.0 * problem.baseline_loss(data)
-
+    """``evaluate(params, trial)``: :func:`run_trial` with the search's fixed settings."""
     def evaluate(params: dict, trial: int) -> dict:
-        losses, accuracies, times, updates, reasons, seeds = [], [], [], [], [], []
-        wall = time.time()
-        for repeat in range(repeats):
-            run_seed = seed + 1000 * trial + repeat
-            estimator = problem.make_estimator(solver, max_time=max_time, device=device,
-                                               random_state=run_seed, **params)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # divergence: in stop_reason
-                warnings.simplefilter("ignore", UserWarning)
-                result = cross_validate(estimator, X, y, cv=split, scoring=scoring,
-                                        return_estimator=True, error_score=np.nan)
-            fitted = result["estimator"][0]
-            losses.append(-float(result["test_neg_loss"][0]))
-            accuracies.append(float(result["test_accuracy"][0]) if problem.is_classifier
-                              else math.nan)
-            times.append(getattr(fitted, "train_time_", math.nan))
-            updates.append(getattr(fitted, "n_updates_", 0))
-            reasons.append(getattr(fitted, "stop_reason_", "failed"))
-            seeds.append(run_seed)
-        finite = [v for v in losses if math.isfinite(v)]
-        mean = float(np.mean(losses)) if len(finite) == len(losses) else math.inf
-        return {
-            "val_loss": mean,
-            "val_loss_std": float(np.std(finite)) if finite else math.nan,
-            "val_losses": ";".join(f"{v:.6g}" for v in losses),
-            "val_accuracy": float(np.mean(accuracies)),
-            "objective": math.log10(min(mean, cap)) if mean > 0 else math.log10(cap),
-            "train_time": float(np.mean(times)),
-            "n_updates": float(np.mean(updates)),
-            "stop_reason": ";".join(sorted(set(reasons))),
-            "seeds": ";".join(map(str, seeds)),
-            "wall_seconds": round(time.time() - wall, 2),
-            # 1-minute load average: above the core count, timings were disturbed
-            "load_avg": round(os.getloadavg()[0], 2),
-            "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
-        }
+        return run_trial(problem, data, solver, params, trial, max_time=max_time,
+                         repeats=repeats, seed=seed, device=device)
 
     return evaluate
 
 
-def run_tune(problem, data, out_dir, budget, *, solvers=("kfac", "sgd"), seed: int = 0,
+def is_diverged(trial_row) -> bool:
+    """Whether a trial diverged or failed (its loss is not finite or training said so)."""
+    reason = str(trial_row.get("stop_reason", ""))
+    loss = float(trial_row.get("val_loss", math.nan))
+    return not math.isfinite(loss) or "diverged" in reason or "failed" in reason
+
+
+def run_tune(problem, data, out_dir, budget, *, solvers=None, seed: int = 0,
              device: str = "auto", fresh: bool = False, progress=log,
              scheduler: str | None = None, n_workers: int | None = None) -> dict:
     """Search each solver's space on ``problem``; results in ``<out_dir>/tune_<solver>.csv``.
 
-    ``scheduler`` (a Dask scheduler address, or ``'local'`` for a local cluster of
-    ``n_workers`` processes) runs the trials in parallel: see :mod:`benchmarks.dask_search`.
-    Returns ``{solver: DataFrame of trials}``.
+    ``solvers`` defaults to every registered solver. ``scheduler`` (a Dask scheduler
+    address, or ``'local'`` for a local cluster of ``n_workers`` processes) runs the
+    trials in parallel: see :mod:`benchmarks.dask_search`. Returns ``{solver: DataFrame
+    of trials}``.
     """
     from benchmarks.dask_search import search_backend
 
@@ -226,11 +282,15 @@ def run_tune(problem, data, out_dir, budget, *, solvers=("kfac", "sgd"), seed: i
 
 def _run_tune(problem, data, out_dir, budget, *, solvers, seed, device, fresh, progress,
               backend) -> dict:
+    solvers = registered_solvers() if solvers is None else tuple(solvers)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
-    for index, solver in enumerate(solvers):
-        space = search_space(solver, n_samples=len(data.X_train))
+    every = registered_solvers()
+    for solver in solvers:
+        # The optimiser's seed depends on the solver, not on which solvers run together.
+        index = every.index(solver) if solver in every else len(every)
+        space = benchmark_space(solver, n_samples=len(data.X_train))
         csv_log = CsvLog(tune_csv(out_dir, solver), backend.columns(tune_columns(space)))
         if fresh:
             csv_log.remove()
@@ -281,7 +341,7 @@ def best_configs(out_dir, solver: str, k: int):
 
 def params_of(row, solver: str) -> dict:
     """The estimator parameters of a trial row (the search space's keys)."""
-    space = search_space(solver)
+    space = benchmark_space(solver)
     out = {}
     for name, dimension in space.items():
         if name in row and not (isinstance(row[name], float) and math.isnan(row[name])):

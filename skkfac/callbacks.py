@@ -268,8 +268,8 @@ class Checkpoint(Callback):
     stops. Load it with :meth:`Checkpoint.load`, then fit again with
     ``warm_start=True`` to continue where it stopped. The saved estimator has
     ``callbacks=None``: pass them again to the resumed fit if you want them. Pickles are
-    only safe to load from sources you trust; a model saved on a GPU loads where CUDA is
-    available.
+    only safe to load from sources you trust; a model saved on a GPU also loads on a
+    CPU-only machine (:doc:`/user_guide/gpus`).
 
     Parameters
     ----------

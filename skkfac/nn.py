@@ -57,7 +57,8 @@ def build_mlp(
         linear = nn.Linear(fan_in, fan_out, bias=True)
         bound = math.sqrt(6.0 / (fan_in + fan_out))
         with torch.no_grad():
-            weight = torch.rand(fan_out, fan_in, generator=generator, dtype=torch.float64)
+            weight = torch.rand(fan_out, fan_in, generator=generator, dtype=torch.float64,
+                                device=None if generator is None else generator.device)
             linear.weight.copy_(weight.mul_(2 * bound).sub_(bound))
             linear.bias.zero_()
         layers.append(linear)

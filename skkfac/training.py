@@ -6,13 +6,15 @@ the epoch / wall-clock budgets, the evaluation schedule for learning curves, skl
 convergence and early-stopping rules, and rejections: the trainer alone counts and
 records them, from the solvers' :class:`~skkfac.solvers.spec.StepReport` and from a
 non-finite loss after an update (which it undoes, so that NaN weights are never left
-behind).
+behind); a loss that blows up stops training with the best weights seen (see
+:mod:`skkfac.divergence`).
 
 Host reads are kept to one per update on a GPU: the batch's loss is read together with
 the previous step's report (:meth:`StepReport.fetch`); a report is otherwise only read
 when a history row is written.
 
-Training time is measured with the clock paused while evaluating, as in the study.
+Training time is measured with the clock paused while evaluating, as in the study;
+``deadline`` bounds the wall-clock time of the whole call, evaluations included.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from skkfac.callbacks import FitEvent
+from skkfac.divergence import BLOW_UP_FACTOR, DivergenceMonitor
 from skkfac.solvers.base import Solver
 from skkfac.solvers.spec import StepReport
 
@@ -72,6 +75,10 @@ class TrainingConfig:
     eval_every: int | None = None
     eval_interval: float | None = None
     shuffle: bool = True
+    #: ``time.perf_counter()`` value past which the call stops (``max_wall_time``).
+    deadline: float | None = None
+    #: Loss of the best constant prediction of the targets (scale for blow-ups).
+    reference_loss: float = 0.0
 
     @property
     def update_size(self) -> int:
@@ -94,6 +101,8 @@ class TrainingProgress:
     no_improvement_count: int = 0
     n_rejected_updates: int = 0
     stop_reason: str = ""
+    #: Loss of the network's first mini-batch (scale for blow-ups, kept across calls).
+    initial_loss: float = math.nan
     #: Summed loss of micro-batches accumulated towards an update not yet made (kept
     #: between ``partial_fit`` calls, like the solver's accumulated gradients).
     pending_loss: float = 0.0
@@ -157,6 +166,9 @@ class Trainer:
         self._pending_loss = torch.full((), progress.pending_loss, dtype=X.dtype,
                                         device=X.device)
         self._consecutive_rejections = 0
+        self._updates_at_start = progress.n_updates
+        self._monitor: DivergenceMonitor | None = None
+        self._last_batch = None
         self._report: StepReport | None = None  # the last step's report, not read yet
         self._report_values = dict.fromkeys(REPORT_COLUMNS, math.nan)
         self._last_eval = (progress.n_updates, progress.train_time)
@@ -181,6 +193,9 @@ class Trainer:
             self._notify("on_epoch_end", loss=epoch_loss)
             if converged:
                 progress.stop_reason = "converged"
+                break
+            if self._past_deadline():
+                progress.stop_reason = "max_wall_time"
                 break
         else:
             progress.stop_reason = "max_iter"
@@ -213,6 +228,7 @@ class Trainer:
                     if not self._update(solver, progress, batch_loss):
                         progress.train_time = clock.elapsed
                         return None
+                    self._last_batch = (X_batch, y_batch)
                     epoch_loss += batch_loss * count
                     epoch_count += count
                     self._window_loss += batch_loss * count
@@ -228,15 +244,25 @@ class Trainer:
                 return None
             if self._evaluation_due(progress):
                 self._record(solver, progress)
+            if self._past_deadline():
+                progress.stop_reason = "max_wall_time"
+                return None
         return epoch_loss / epoch_count if epoch_count else math.nan
 
     def _update(self, solver: Solver, progress: TrainingProgress, batch_loss: float) -> bool:
         """Check the loss at the current weights, then step. False means stop training."""
         if self._consecutive_rejections >= MAX_CONSECUTIVE_REJECTIONS:
-            return self._give_up(progress, f"{self._consecutive_rejections} consecutive "
-                                 "updates were rejected")
+            return self._give_up(solver, progress, f"{self._consecutive_rejections} "
+                                 "consecutive updates were rejected")
         if solver.is_rejected(batch_loss):
+            if progress.n_updates == self._updates_at_start and not math.isfinite(batch_loss):
+                solver.discard()
+                raise ValueError(self._unscaled_message(solver, batch_loss))
             return self._reject(solver, progress, batch_loss)
+        if self._observe(solver, progress, batch_loss):
+            return self._give_up(solver, progress, f"the mini-batch loss reached "
+                                 f"{batch_loss:.4g}, more than {BLOW_UP_FACTOR:g} times "
+                                 f"{self._monitor.reference_loss:.4g}")
         solver.backup()
         report = solver.step()
         self._report = report
@@ -277,15 +303,57 @@ class Trainer:
         self._consecutive_rejections += 1
         if solver.recovers_from_divergence and has_backup:
             return True
-        return self._give_up(progress, f"the loss became {batch_loss:.4g}")
+        return self._give_up(solver, progress, f"the loss became {batch_loss:.4g}")
 
-    def _give_up(self, progress, why: str) -> bool:
+    # -- divergence --------------------------------------------------------------------------
+    def _observe(self, solver, progress, batch_loss: float) -> bool:
+        """Show a finite loss to the divergence monitor; True on a blow-up."""
+        if self._monitor is None:
+            if math.isnan(progress.initial_loss):
+                progress.initial_loss = batch_loss
+            reference = max(self.config.reference_loss, progress.initial_loss)
+            self._monitor = DivergenceMonitor(solver.params, reference)
+        return self._monitor.observe(batch_loss, progress.n_updates)
+
+    def _give_up(self, solver, progress, why: str) -> bool:
+        """Stop as diverged: put back the best weights of this call, say what to do."""
         progress.stop_reason = "diverged"
+        kept = "the last weights with a finite loss were kept"
+        if self._monitor is not None and self._monitor.restore_best():
+            kept = (f"the weights with the lowest mini-batch loss "
+                    f"({self._monitor.best_loss:.4g}, before update "
+                    f"{self._monitor.best_update + 1}) were restored")
+            solver.discard()
+            solver.on_restore()
         warnings.warn(
-            f"Training stopped after update {progress.n_updates}: {why}. The last weights "
-            "with a finite loss were kept; try a smaller learning rate (or more damping "
-            "for K-FAC).", RuntimeWarning, stacklevel=5)
+            f"Training diverged at update {progress.n_updates}: {why}; {kept}. Lower "
+            "learning_rate_init (or raise damping for K-FAC), and check that the inputs "
+            "and targets are scaled.", RuntimeWarning, stacklevel=5)
         return False
+
+    def _check_last_update(self, solver, progress) -> None:
+        """No mini-batch follows the last update to judge it: check it on its own batch."""
+        if self._last_batch is None or progress.stop_reason == "diverged":
+            return
+        X, y = self._last_batch
+        with torch.no_grad():
+            loss = float(solver.loss.per_example(solver.model(X), y).mean())
+        reference = math.inf if self._monitor is None else self._monitor.reference_loss
+        if not math.isfinite(loss) or loss > BLOW_UP_FACTOR * reference:
+            self._give_up(solver, progress, f"the loss after the last update is {loss:.4g}")
+
+    @staticmethod
+    def _unscaled_message(solver, batch_loss: float) -> str:
+        dtype = str(solver.params[0].dtype).removeprefix("torch.")
+        return (
+            f"The loss is {batch_loss:.4g} at the weights training starts from, before any "
+            f"update: the inputs or targets are too large for dtype={dtype!r} (their "
+            "squared errors overflow). Scale the targets (e.g. TransformedTargetRegressor "
+            "with a StandardScaler) and the inputs (StandardScaler), or use "
+            "dtype='float64'.")
+
+    def _past_deadline(self) -> bool:
+        return self.config.deadline is not None and time.perf_counter() >= self.config.deadline
 
     # -- evaluation and stopping rules ----------------------------------------------------
     def _evaluation_due(self, progress: TrainingProgress) -> bool:
@@ -331,13 +399,18 @@ class Trainer:
 
     def _finish(self, solver, progress, *, keep_accumulated: bool) -> None:
         self._read_report(progress)
+        if self._best_weights is None:
+            self._check_last_update(solver, progress)
         with torch.no_grad():
             if self._best_weights is not None:
                 torch._foreach_copy_([p.data for p in solver.params], self._best_weights)
             elif not all(torch.isfinite(p).all() for p in solver.params):
-                solver.restore()
+                restored = self._monitor is not None and self._monitor.restore_best()
+                if not restored:
+                    solver.restore()
         if keep_accumulated and progress.stop_reason != "diverged":
             progress.pending_loss = float(self._pending_loss)
+            solver.copy_pending_data()
         else:
             solver.discard()
             progress.pending_loss = 0.0

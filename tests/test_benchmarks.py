@@ -1,12 +1,19 @@
 """The benchmark suite (``benchmarks/``) and the search spaces (``skkfac.search``).
 
 A smoke test runs the quick path end to end with even tinier budgets; the other tests
-cover the pieces with logic of their own: resuming a search from its CSV, the verdict,
-the ``max_time`` criterion, exact update budgets and the crash-safe CSV log.
+cover the pieces with logic of their own: resuming a search from its CSV, the verdict
+rules (spreads, floor, time to target, budget rule), the training-set loss, the GPU
+check on fixture data, the ``max_time`` criterion, exact update budgets and the
+crash-safe CSV log.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
+import math
+import pickle
+import struct
 import sys
 import time
 import warnings
@@ -18,9 +25,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives at the root
 
-from benchmarks import budgets, compare, records, tune
+from benchmarks import budgets, compare, records, report, tune
 from benchmarks.batch_size import train_for_updates
 from benchmarks.problems import get_problem
+from benchmarks.solvers import label, registered_solvers
 from benchmarks.time_budget import budget_ok
 from skkfac.search import kfac_search_space, search_space, sgd_search_space
 
@@ -44,9 +52,42 @@ def test_search_spaces_cover_the_useful_ranges_and_cap_batch_size():
     assert 1 <= low < high == 100
     assert search_space("sgd", 500)["batch_size"].bounds == (32, 500)
     with pytest.raises(ValueError):
-        search_space("lbfgs")
+        search_space("no-such-solver")
     with pytest.raises(ValueError):
         sgd_search_space(n_samples=1)
+
+
+def test_benchmark_space_only_widens_the_library_ranges():
+    for solver in registered_solvers():
+        library = search_space(solver, 50000)
+        wide = tune.benchmark_space(solver, 50000)
+        assert set(wide) == set(library)
+        for name, dimension in wide.items():
+            low, high = dimension.bounds
+            assert low <= library[name].bounds[0] and high >= library[name].bounds[1]
+            assert dimension.prior == library[name].prior
+    assert tune.benchmark_space("sgd", 50000)["momentum"].bounds[1] == 0.999
+    assert tune.benchmark_space("kfac", 50000)["learning_rate_init"].bounds[1] == 3.0
+    # Small data: the batch-size range stays inside the data.
+    assert tune.benchmark_space("sgd", 100)["batch_size"].bounds[1] == 100
+
+
+def test_solver_list_comes_from_the_registry():
+    from skkfac.solvers import SOLVERS
+
+    assert set(registered_solvers()) == set(SOLVERS) and registered_solvers()[0] == "kfac"
+    assert label("kfac") == "K-FAC" and label("some_new_solver") == "some_new_solver"
+
+
+def test_problem_budgets_meet_the_protocol():
+    mnist, regression, cifar = (budgets.problem_budget(p)
+                                for p in ("mnist_ae", "regression", "cifar10"))
+    assert mnist.compare_time >= 110 and regression.compare_time >= 55
+    assert cifar.compare_time >= 170
+    assert mnist.n_trials >= 24 and regression.n_trials >= 24 and cifar.n_trials >= 12
+    assert budgets.problem_budget("protein") == regression
+    assert all(b.seeds >= 3 for b in (mnist, regression, cifar))
+    assert budgets.problem_budget("digits") == budgets.DEFAULT
 
 
 def test_bayessearchcv_works_with_our_estimators():
@@ -124,17 +165,19 @@ def _search(path, n_trials, evaluate):
 
 
 def test_interrupted_search_resumes_from_csv_without_losing_trials(tmp_path):
-    # Reference: one uninterrupted search of 5 trials (3 random, 2 proposed by the GP).
+    # Reference: one uninterrupted search of 5 trials (3 random, 2 proposed by the GP),
+    # numbered from 1.
     calls = []
     _, reference = _search(tmp_path / "ref.csv", 5, _toy_objective(calls))
-    assert calls == list(range(5)) and len(reference) == 5
+    assert calls == [1, 2, 3, 4, 5] and len(reference) == 5
+    assert reference["trial"].tolist() == [1, 2, 3, 4, 5]
 
-    # Interrupted during trial index 3: trials 0-2 are on disk.
+    # Interrupted during trial 4: trials 1-3 are on disk.
     calls = []
     objective = _toy_objective(calls)
 
     def interrupted(params, trial):
-        if trial == 3:
+        if trial == 4:
             raise KeyboardInterrupt
         return objective(params, trial)
 
@@ -146,7 +189,7 @@ def test_interrupted_search_resumes_from_csv_without_losing_trials(tmp_path):
     # Resume: only the missing trials run; the CSV is replayed into the optimiser.
     calls = []
     optimizer, resumed = _search(path, 5, _toy_objective(calls))
-    assert calls == [3, 4]
+    assert calls == [4, 5]
     assert len(optimizer.Xi) == 5 and len(resumed) == 5
     # The replay repeats the optimiser's random draws: same trials as uninterrupted.
     columns = ["trial", "learning_rate_init", "batch_size", "val_loss"]
@@ -155,7 +198,7 @@ def test_interrupted_search_resumes_from_csv_without_losing_trials(tmp_path):
     # Asking for more trials extends the same search; asking for fewer runs nothing.
     calls = []
     _search(path, 6, _toy_objective(calls))
-    assert calls == [5]
+    assert calls == [6]
     calls = []
     optimizer, trials = _search(path, 3, _toy_objective(calls))
     assert calls == [] and len(trials) == 6 and len(optimizer.Xi) == 6
@@ -164,63 +207,108 @@ def test_interrupted_search_resumes_from_csv_without_losing_trials(tmp_path):
 # -- verdicts -------------------------------------------------------------------------------
 
 
-def _history(solver, rank, times, losses, scores=None):
-    n = len(times)
-    return pd.DataFrame({"solver": solver, "rank": rank, "time": times,
-                         "update": np.arange(n) * 10, "eval_loss": losses,
-                         "eval_score": scores if scores is not None else np.nan})
+def _curve(solver, trial, seed_index, times, losses, train=None):
+    return pd.DataFrame({"solver": solver, "trial": trial, "seed_index": seed_index,
+                         "time": times, "update": np.arange(len(times)) * 10,
+                         "eval_loss": losses,
+                         "train_set_loss": train if train is not None else losses})
 
 
-def test_verdict_all_beat_and_first_reach():
-    runs = pd.DataFrame({"solver": ["kfac", "kfac", "sgd", "sgd"], "rank": [1, 2, 1, 2],
-                         "final_loss": [0.010, 0.012, 0.020, 0.030]})
-    histories = pd.concat([
-        _history("kfac", 1, [0, 2, 4, 6, 8, 10], [0.1, 0.05, 0.03, 0.019, 0.012, 0.010]),
-        _history("kfac", 2, [0, 2, 4, 6, 8, 10], [0.1, 0.06, 0.02, 0.015, 0.013, 0.012]),
-        _history("sgd", 1, [0, 5, 10], [0.1, 0.04, 0.020]),
-        _history("sgd", 2, [0, 5, 10], [0.1, 0.05, 0.030]),
-    ])
-    verdict = compare.compute_verdict(runs.assign(train_time=[10.2, 11.5, 10.0, 10.1]),
-                                      histories, 10.0)
-    assert verdict["all_kfac_beat_all_sgd"] is True
-    assert verdict["end_times"] == {"kfac": (10.2, 11.5), "sgd": (10.0, 10.1)}
-    assert verdict["sgd_best_final"] == pytest.approx(0.020)
-    hit = verdict["kfac_reached_sgd_best"]
-    # K-FAC #2 reaches 0.020 at t=4 (update 20), before K-FAC #1 (t=6).
-    assert hit["time"] == 4 and hit["update"] == 20 and hit["run"] == "K-FAC #2"
-    assert hit["fraction"] == pytest.approx(0.4)
+def _runs_from(curves, params=None):
+    rows = []
+    for curve in curves:
+        first = curve.iloc[0]
+        rows.append({"solver": first["solver"], "trial": first["trial"], "rank": 1,
+                     "seed_index": first["seed_index"], "params": json.dumps(params or {}),
+                     "tune_val_loss": 1.0, "final_loss": curve["eval_loss"].iloc[-1],
+                     "final_train_loss": curve["train_set_loss"].iloc[-1],
+                     "final_accuracy": math.nan, "n_updates": 10,
+                     "train_time": curve["time"].iloc[-1]})
+    return pd.DataFrame(rows)
+
+
+def test_spread_and_winner_need_separated_spreads():
+    assert compare.spread([3.0, 1.0, 2.0, math.nan]) == {"median": 2.0, "min": 1.0,
+                                                        "max": 3.0, "n": 3}
+    assert compare.spread([])["n"] == 0
+    separated = {"a": compare.spread([1.0, 1.1, 1.2]), "b": compare.spread([1.3, 1.5]),
+                 "c": compare.spread([2.0, 3.0])}
+    assert compare.winner(separated) == {"winner": "a", "ranking": ["a", "b", "c"],
+                                         "overlapping": []}
+    overlapping = {"a": compare.spread([1.0, 1.4]), "b": compare.spread([1.3, 1.5]),
+                   "c": compare.spread([2.0])}
+    result = compare.winner(overlapping)
+    assert result["winner"] is None and result["overlapping"] == ["b"]
+    assert compare.winner({"a": compare.spread([1.0])})["winner"] is None  # one solver
+
+
+def test_curve_rules_time_to_target_floor_and_budget():
+    curve = _curve("sgd", 1, 0, [0, 2.5, 5, 7.5, 10], [1.0, 0.5, 0.3, 0.21, 0.2])
+    assert compare.first_time_at_or_below(curve, 0.3) == 5
+    assert compare.first_time_at_or_below(curve, 0.1) == math.inf
+    # 0.5 at t=2.5 (a quarter of 10 s) is not within 10 % of the final 0.2.
+    assert not compare.reaches_floor_early(curve, 10)
+    flat = _curve("sgd", 1, 0, [0, 2.5, 5, 10], [1.0, 0.21, 0.2, 0.2])
+    assert compare.reaches_floor_early(flat, 10)
+    # At 3/4 of the budget (7.5 s) the loss was 0.21: a 5 % change to the final 0.2.
+    assert compare.last_quarter_change(curve, 10) == pytest.approx(0.05)
+    assert compare.last_quarter_change(flat, 10) == pytest.approx(0.0)
+
+
+def test_verdict_three_solvers_with_seeds():
+    grid = [0, 2.5, 5, 7.5, 10]
+    curves = [
+        # K-FAC: clearly best, reaches Adam's median final loss (0.20) at 5 s or 7.5 s.
+        _curve("kfac", 3, 0, grid, [1.0, 0.4, 0.2, 0.12, 0.10], [1, .4, .2, .11, .09]),
+        _curve("kfac", 3, 1, grid, [1.0, 0.4, 0.25, 0.15, 0.11], [1, .4, .2, .13, .10]),
+        _curve("kfac", 3, 2, grid, [1.0, 0.5, 0.3, 0.2, 0.12], [1, .5, .3, .2, .11]),
+        # Adam: the best first-order solver; flat over the last quarter (< 2 %).
+        _curve("adam", 1, 0, grid, [1.0, 0.5, 0.3, 0.201, 0.20]),
+        _curve("adam", 1, 1, grid, [1.0, 0.5, 0.3, 0.191, 0.19]),
+        _curve("adam", 1, 2, grid, [1.0, 0.5, 0.3, 0.211, 0.21]),
+        # SGD: worse, one seed never reaches the target.
+        _curve("sgd", 2, 0, grid, [1.0, 0.6, 0.4, 0.3, 0.25]),
+        _curve("sgd", 2, 1, grid, [1.0, 0.6, 0.4, 0.3, 0.19]),
+        _curve("sgd", 2, 2, grid, [1.0, 0.6, 0.4, 0.35, 0.30]),
+    ]
+    histories = pd.concat(curves)
+    runs = _runs_from(curves)
+    verdict = compare.compute_verdict(runs, histories, 10.0)
+    assert verdict["target_solver"] == "adam" and verdict["target"] == pytest.approx(0.20)
+    assert verdict["verdicts"]["held-out loss"]["winner"] == "kfac"
+    assert verdict["verdicts"]["training loss"]["winner"] == "kfac"
+    kfac = verdict["solvers"]["kfac"]
+    assert kfac["held-out loss"] == {"median": 0.11, "min": 0.10, "max": 0.12, "n": 3}
+    assert kfac["training loss"]["median"] == pytest.approx(0.10)
+    assert kfac["time_to_target"]["min"] == 5 and kfac["time_to_target"]["median"] == 7.5
+    sgd = verdict["solvers"]["sgd"]["time_to_target"]
+    assert (sgd["reached"], sgd["runs"], sgd["median"]) == (1, 3, 10)
+    assert not verdict["floor_limited"]
+    assert verdict["budget_rule"]["solver"] == "adam" and verdict["budget_rule"]["holds"]
     lines = compare.format_verdict(verdict)
-    assert lines[0].endswith(": yes")
-    assert "at t = 4.00 s (40 % of the 10 s budget)" in lines[2]
-    assert lines[3].endswith("K-FAC 10.2-11.5 s, SGD 10.0-10.1 s")
+    text = "\n".join(lines)
+    assert "verdict on the held-out loss: K-FAC wins" in text
+    assert "time to target (the best first-order solver Adam's median" in text
+    assert "SGD-Nesterov 10 s [10-10 s], reached in 1 of 3 runs" in text
+    assert "budget rule (Adam's held-out loss" in text and ": holds (0.5 %)" in text
 
-    # One SGD run better than one K-FAC run: "no"; K-FAC never reaching SGD's best.
-    worse = runs.assign(final_loss=[0.010, 0.025, 0.005, 0.030])
-    verdict = compare.compute_verdict(worse, histories, 10.0)
-    assert verdict["all_kfac_beat_all_sgd"] is False
-    assert verdict["kfac_reached_sgd_best"] is None
-    assert "never reached" in compare.format_verdict(verdict)[2]
-
-
-def test_verdict_on_accuracy_prefers_higher():
-    runs = pd.DataFrame({"solver": ["kfac", "sgd"], "rank": [1, 1],
-                         "final_loss": [1.6, 1.5], "final_accuracy": [0.50, 0.45]})
-    histories = pd.concat([
-        _history("kfac", 1, [0, 5, 10], [2.3, 1.7, 1.6], [0.1, 0.46, 0.50]),
-        _history("sgd", 1, [0, 5, 10], [2.3, 1.6, 1.5], [0.1, 0.40, 0.45]),
-    ])
-    by_loss = compare.compute_verdict(runs, histories, 10.0, metric="loss")
-    by_accuracy = compare.compute_verdict(runs, histories, 10.0, metric="accuracy")
-    assert by_loss["all_kfac_beat_all_sgd"] is False
-    assert by_accuracy["all_kfac_beat_all_sgd"] is True
-    assert by_accuracy["kfac_reached_sgd_best"]["time"] == 5
+    # Overlapping spreads: no winner. Everyone flat from a quarter of the budget on:
+    # floor-limited, and the verdict names no winner even where spreads separate.
+    flat = [_curve(s, 1, i, grid, [1.0, f * 1.05, f, f, f])
+            for s, finals in (("kfac", (0.10, 0.12, 0.2)), ("sgd", (0.15, 0.2, 0.3)))
+            for i, f in enumerate(finals)]
+    verdict = compare.compute_verdict(_runs_from(flat), pd.concat(flat), 10.0)
+    assert verdict["verdicts"]["held-out loss"]["winner"] is None
+    assert verdict["floor_limited"]
+    text = "\n".join(compare.format_verdict(verdict))
+    assert "verdict on the held-out loss: floor-limited" in text
+    assert "verdict on the training loss: no winner: the spreads of K-FAC" in text
 
 
-def test_all_beat_edge_cases():
-    assert compare.all_beat([1.0], [2.0])
-    assert not compare.all_beat([], [2.0])
-    assert not compare.all_beat([float("nan")], [2.0])
-    assert not compare.all_beat([1.0, 2.0], [2.0])  # ties do not beat
+def test_chosen_configuration_is_the_best_median_over_seeds():
+    runs = pd.DataFrame({"solver": ["sgd"] * 4, "trial": [1, 1, 2, 2],
+                         "final_loss": [0.1, 0.5, 0.2, 0.25]})
+    assert compare.choose_configs(runs) == {"sgd": 2}
 
 
 # -- time budget and update budget --------------------------------------------------------
@@ -243,6 +331,123 @@ def test_train_for_updates_is_exact(artificial):
     assert estimator.n_updates_ + estimator.n_rejected_updates_ == 20
 
 
+# -- training-set loss, diverged trials, problems -------------------------------------------
+
+
+def test_training_set_loss_is_recorded_at_every_evaluation():
+    from benchmarks.train_loss import TrainingSetLoss, training_rows
+
+    problem = get_problem("digits")
+    data = problem.load()
+    callback = TrainingSetLoss(problem.loss, data.X_full)
+    estimator = problem.make_estimator("sgd", max_time=0.3, eval_interval=0.1, device="cpu",
+                                       random_state=0, learning_rate_init=0.05,
+                                       callbacks=[callback])
+    estimator.fit(data.X_full, eval_set=data.X_test)
+    history = estimator.history_
+    assert len(history) >= 3 and history["train_set_loss"].notna().all()
+    # The last value is the loss of the final weights on every training row...
+    assert history["train_set_loss"].iloc[-1] == pytest.approx(
+        problem.loss(estimator, data.X_full), rel=1e-5)
+    # ...the held-out column is still the eval_set's, and the first row is before training.
+    assert history["eval_loss"].iloc[-1] == pytest.approx(
+        problem.loss(estimator, data.X_test), rel=1e-5)
+    assert history["train_set_loss"].iloc[0] > history["train_set_loss"].iloc[-1]
+    # The evaluations do not count against the time budget.
+    assert estimator.train_time_ < 0.3 + 0.2
+    sample = training_rows(1000, 100, seed=0)
+    assert len(set(sample)) == 100 and sample.max() < 1000
+    assert len(training_rows(50, None)) == 50
+    assert len(TrainingSetLoss(problem.loss, data.X_full, limit=100).X) == 100
+
+
+def test_diverged_trials_are_reported_and_marked(tmp_path):
+    from benchmarks.plotting import plot_tune_losses
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    pd.DataFrame({"trial": [1, 2, 3, 4], "val_loss": [0.1, math.inf, 0.2, 0.3],
+                  "stop_reason": ["max_time", "diverged", "max_time", "diverged;max_time"]}
+                 ).to_csv(folder / "tune_sgd.csv", index=False)
+    assert report._diverged_trials(folder) == [f"{label('sgd')} trials 2, 4"]
+    assert plot_tune_losses(folder, get_problem("digits")).is_file()
+    assert tune.is_diverged({"val_loss": float("nan"), "stop_reason": "max_time"})
+    assert not tune.is_diverged({"val_loss": 0.1, "stop_reason": "max_time"})
+
+
+def _write_fixture_data(home: Path, seed=0) -> Path:
+    """Tiny MNIST (IDX), CIFAR-10 (pickled batches) and UCI CSVs in the loaders' layouts."""
+    rng = np.random.default_rng(seed)
+    mnist = home / "mnist"
+    mnist.mkdir(parents=True)
+    for name, shape in (("train-images-idx3-ubyte", (40, 28, 28)),
+                        ("t10k-images-idx3-ubyte", (12, 28, 28)),
+                        ("train-labels-idx1-ubyte", (40,)), ("t10k-labels-idx1-ubyte", (12,))):
+        array = rng.integers(0, 256 if len(shape) > 1 else 10, shape).astype(np.uint8)
+        idx = (b"\x00\x00\x08" + bytes([array.ndim])
+               + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+        (mnist / f"{name}.gz").write_bytes(gzip.compress(idx, mtime=0))
+    cifar = home / "cifar10" / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    for name, n in [*((f"data_batch_{i}", 8) for i in range(1, 6)), ("test_batch", 10)]:
+        batch = {b"labels": [int(v) for v in rng.integers(0, 10, n)],
+                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        (cifar / name).write_bytes(pickle.dumps(batch, protocol=2))
+    (home / "uci").mkdir()
+    for name, features in (("keggundirected", 27), ("protein", 9)):
+        table = rng.normal(size=(80, features + 1))
+        table[:, -1] = table[:, :3] @ [1.0, -1.0, 0.5]
+        np.savetxt(home / "uci" / f"{name}.csv", table, delimiter=",")
+    return home
+
+
+def test_protein_is_a_second_regression_problem(tmp_path):
+    home = _write_fixture_data(tmp_path / "data")
+    data = get_problem("protein").load(home)
+    assert data.dataset == "UCI protein" and "'protein'" in data.note
+    assert data.X_train.shape[1] == 9
+    assert get_problem("protein").make_estimator("sgd").hidden_layer_sizes == \
+        get_problem("regression").layers
+
+
+def test_gpu_check_on_cpu_with_fixture_data(tmp_path):
+    """The GPU check end to end on the CPU: tiny data and networks, 0.05 s budgets."""
+    import subprocess
+
+    from benchmarks.gpu_check import PROBLEMS, planned_runs, run_gpu_check
+
+    home = _write_fixture_data(tmp_path / "data")
+    path = run_gpu_check(tmp_path / "gpu", data_home=home, device="cpu", max_time=0.05,
+                         layers={"mnist_ae": (8, 4), "regression": (8,), "cifar10": (4,)},
+                         progress=lambda message: None)
+    text = path.read_text()
+    assert path.name == "gpu_check_cpu.txt"
+    assert "device: cpu = " in text and "torch " in text
+    for name in PROBLEMS:
+        problem = get_problem(name)
+        assert f"({name}):" in text
+        runs = planned_runs(problem)
+        assert {solver for _, solver, _ in runs} >= {"kfac", "sgd"}
+        for run_name, _, _ in runs:
+            assert run_name in text
+    assert "network 3072-4-10" in text  # CIFAR-10: ten classes
+    kfac_study = planned_runs(get_problem("mnist_ae"))[0][2]
+    assert kfac_study["learning_rate_init"] == 0.1809 and kfac_study["adaptive_step"] is False
+    # Through the command line (the study's full regression network, 0.05 s runs).
+    from benchmarks.cli import main
+
+    assert main(["gpu", "--data-home", str(home), "--device", "cpu", "--max-time", "0.05",
+                 "--problems", "regression", "--out", str(tmp_path / "cli")]) == 0
+    text = (tmp_path / "cli" / "gpu" / "gpu_check_cpu.txt").read_text()
+    assert "network 27-500-750-500-250-100-1" in text and "(mnist_ae)" not in text
+    assert "python -m benchmarks gpu" in (tmp_path / "cli" / "commands.txt").read_text()
+    # The check imports nothing from scikit-optimize (GPU machines may lack it).
+    code = ("import sys, benchmarks.cli, benchmarks.gpu_check; "
+            "assert 'skopt' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   cwd=Path(__file__).resolve().parents[1])
+
+
 # -- end to end -----------------------------------------------------------------------------
 
 
@@ -253,22 +458,38 @@ def test_quick_path_end_to_end(tmp_path, capsys):
     start = time.time()
     result = run_quick(tmp_path, budgets.TINY, device="cpu", progress=lambda message: None)
     elapsed = time.time() - start
-    assert elapsed < 120  # ~10 s on 2 idle cores; far more means the budgets grew
+    assert elapsed < 120  # ~15 s on 2 idle cores; far more means the budgets grew
     folder = tmp_path / "digits"
-    for name in ["tune_kfac.csv", "tune_sgd.csv", "compare_runs.csv", "compare_history.csv",
-                 "table.csv", "table.md", "verdict.txt", "compare_loss.png",
-                 "tune_losses.png", "batch_size.csv", "batch_size_fig2.png",
-                 "batch_size_fig3.png", "batch_size_fig4.png"]:
+    solvers = registered_solvers()
+    for name in ["compare_runs.csv", "compare_history.csv", "table.csv", "table.md",
+                 "verdict.txt", "verdict.json", "compare_loss.png", "tune_losses.png",
+                 "batch_size.csv", "batch_size_fig2.png", "batch_size_fig3.png",
+                 "batch_size_fig4.png", *(f"tune_{s}.csv" for s in solvers)]:
         assert (folder / name).is_file(), name
-    assert len(pd.read_csv(folder / "tune_kfac.csv")) == budgets.TINY.n_trials
+    trials = pd.read_csv(folder / "tune_kfac.csv")
+    assert trials["trial"].tolist() == list(range(1, budgets.TINY.n_trials + 1))
     runs = pd.read_csv(folder / "compare_runs.csv")
-    assert sorted(runs["solver"].value_counts().tolist()) == [2, 2]
+    per_solver = budgets.TINY.top_k * budgets.TINY.seeds
+    assert runs["solver"].value_counts().to_dict() == {s: per_solver for s in solvers}
+    assert runs["final_train_loss"].notna().all()
+    assert set(runs["trial"]) <= set(trials["trial"]) | set(
+        pd.read_csv(folder / "tune_sgd.csv")["trial"])
+    history = pd.read_csv(folder / "compare_history.csv")
+    assert history["train_set_loss"].notna().all()
+    points = pd.read_csv(folder / "batch_size.csv")  # Figure 2 has every solver
+    assert set(points.loc[points["experiment"] == "fig2_time", "solver"]) == set(solvers)
+    assert set(points.loc[points["experiment"] == "fig4_time", "solver"]) == {"kfac"}
     assert (tmp_path / "time_budget" / "time_budget.txt").is_file()
-    report = (tmp_path / "REPORT.md").read_text()
-    assert "digits/compare_loss.png" in report and "all 2 K-FAC runs beat" in report
+    report_text = (tmp_path / "REPORT.md").read_text()
+    assert "digits/compare_loss.png" in report_text and "verdict on the held-out loss" \
+        in report_text and "time to target" in report_text and "budget rule" in report_text
     output = capsys.readouterr().out
-    assert "Solver comparison" in output and "K-FAC" in output and "SGD" in output
-    assert result["lines"][0].startswith("all 2 K-FAC runs beat all 2 SGD runs")
+    assert "Solver comparison" in output
+    assert all(label(s) in output for s in solvers)
+    # The run ends by listing where its report and figures are.
+    assert output.rstrip().splitlines()[-1].strip().endswith(".png")
+    assert f"{tmp_path / 'REPORT.md'}" in output and "compare_loss.png" in output
+    assert result["lines"][0].startswith("each solver's best configuration")
 
     # Re-running compare resumes: every run is already there, nothing is retrained.
     problem = get_problem("digits")

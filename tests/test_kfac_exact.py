@@ -1,4 +1,10 @@
-"""K-FAC against exact computations on small cases (explicit expectations and Kroneckers)."""
+"""K-FAC against exact computations on small cases (explicit expectations and Kroneckers).
+
+The tests run on the CPU; tests/test_cuda.py runs them again on a GPU by overriding the
+``exact_device`` fixture. Tensors are created on the default device (set by the autouse
+fixture), and random data and networks are drawn on the CPU and then moved, so that
+both runs see the same numbers.
+"""
 
 import copy
 
@@ -13,25 +19,39 @@ from skkfac.losses import CrossEntropy, SquaredError
 from skkfac.nn import build_mlp
 
 
+@pytest.fixture
+def exact_device():
+    """The device the tests run on."""
+    return torch.device("cpu")
+
+
 @pytest.fixture(autouse=True)
-def float64_by_default():
+def float64_by_default(exact_device):
     """Exact comparisons in double precision, without leaking into other test modules."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    yield
+    with exact_device:
+        yield
     torch.set_default_dtype(previous)
+
+
+def randn(*shape, seed):
+    """Normal draws made on the CPU (the same on every device), on the default device."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator, device="cpu").to(torch.get_default_device())
 
 
 def small_net(n_in=3, hidden=(4,), n_out=2, seed=0):
     return build_mlp(n_in, hidden, n_out, "tanh", generator=torch.Generator().manual_seed(seed),
-                     dtype=torch.float64)
+                     dtype=torch.float64, device=torch.get_default_device())
 
 
 def data(n=7, n_in=3, n_out=2, classes=False, seed=1):
     g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, n_in, generator=g)
-    y = torch.randint(n_out, (n,), generator=g) if classes else torch.randn(n, n_out, generator=g)
-    return X, y
+    X = torch.randn(n, n_in, generator=g, device="cpu")
+    y = (torch.randint(n_out, (n,), generator=g, device="cpu") if classes
+         else torch.randn(n, n_out, generator=g, device="cpu"))
+    return X.to(torch.get_default_device()), y.to(torch.get_default_device())
 
 
 def per_example_preactivation_grads(model, loss, X, targets):
@@ -78,7 +98,9 @@ def test_factors_equal_explicit_expectations_empirical_and_sampled(loss_name):
         with torch.no_grad():
             output = model(X)
         if fisher == "sampled":
-            targets = loss.sample_targets(output, torch.Generator().manual_seed(3))
+            # KFAC draws from a generator on the model's device seeded with random_state.
+            generator = torch.Generator(torch.get_default_device()).manual_seed(3)
+            targets = loss.sample_targets(output, generator)
         else:
             targets = y
         opt.accumulate(X, y)
@@ -147,7 +169,7 @@ def test_update_equals_explicit_kronecker_inverse(scheme):
 
 def test_linear_layer_kfac_block_equals_true_fisher():
     X, y = data(n=6, n_in=3, n_out=2)
-    model = build_mlp(3, (), 2, dtype=torch.float64)
+    model = build_mlp(3, (), 2, dtype=torch.float64, device=torch.get_default_device())
     opt = plain(model, "squared_error", fisher="exact")
     opt.accumulate(X, y)
     A = opt.blocks[0].A_sum / len(X)
@@ -170,20 +192,21 @@ def test_one_undamped_full_batch_step_solves_least_squares(n_outputs):
     reg = KFACRegressor(hidden_layer_sizes=(), solver="kfac", learning_rate_init=1.0,
                         damping=1e-12, damping_scheme="eigen", adapt_damping=False,
                         kl_clip=None, fisher="exact", batch_size=40, max_iter=1,
-                        dtype="float64", random_state=0, device="cpu")
+                        dtype="float64", random_state=0,
+                        device=str(torch.get_default_device()))
     with pytest.warns(Warning):  # ConvergenceWarning: max_iter reached
         reg.fit(X, y)
     X1 = np.hstack([X, np.ones((40, 1))])
     solution, *_ = np.linalg.lstsq(X1, y.reshape(40, -1), rcond=None)
     layer = reg.model_[0]
-    np.testing.assert_allclose(layer.weight.detach().numpy(), solution[:-1].T, atol=1e-8)
-    np.testing.assert_allclose(layer.bias.detach().numpy(), solution[-1], atol=1e-8)
+    np.testing.assert_allclose(layer.weight.detach().cpu().numpy(), solution[:-1].T, atol=1e-8)
+    np.testing.assert_allclose(layer.bias.detach().cpu().numpy(), solution[-1], atol=1e-8)
 
 
 @pytest.mark.parametrize("fisher", ["exact", "empirical", "sampled"])
 def test_artificial_batch_equals_concatenated_batch(fisher):
     X, y = data(n=9)
-    noise = torch.randn(9, 2, generator=torch.Generator().manual_seed(5))
+    noise = randn(9, 2, seed=5)
 
     def run(splits):
         model = small_net()
@@ -356,7 +379,7 @@ def test_adaptive_step_minimises_the_exact_quadratic_model():
 def test_adaptive_step_is_newton_on_least_squares():
     """One linear layer, exact Fisher: the K-FAC direction is Newton's, and α = 1."""
     X, y = data(n=20, n_in=3, n_out=2)
-    model = build_mlp(3, (), 2, dtype=torch.float64)
+    model = build_mlp(3, (), 2, dtype=torch.float64, device=torch.get_default_device())
     opt = plain(model, "squared_error", fisher="exact", damping=1e-12, adaptive_step=True,
                 damping_scheme="eigen")
     opt.accumulate(X, y)
@@ -373,13 +396,13 @@ def test_fast_jvp_from_recorded_inputs_matches_torch_func(activation):
     from skkfac.nn import linear_jvp
 
     model = build_mlp(3, (5, 4), 2, activation, dtype=torch.float64,
-                      generator=torch.Generator().manual_seed(0))
+                      generator=torch.Generator().manual_seed(0),
+                      device=torch.get_default_device())
     X, _ = data(n=6)
     inputs = [m_input[:, :-1] for m_input in layer_inputs(model, X)]
-    g = torch.Generator().manual_seed(1)
     layers = [m for m in model if isinstance(m, nn.Linear)]
-    tangents = [[torch.randn(layer.out_features, layer.in_features + 1, generator=g)
-                 for layer in layers] for _ in range(2)]
+    tangents = [[randn(layer.out_features, layer.in_features + 1, seed=1 + 10 * k + i)
+                 for i, layer in enumerate(layers)] for k in range(2)]
     fast = linear_jvp(model, inputs, model(X).detach(), tangents)
     names = [name for name, _ in model.named_parameters()]
     for tangent, product in zip(tangents, fast):

@@ -208,18 +208,23 @@ def test_damped_inverse_guards_non_finite_and_rank_deficient_factors():
 
 
 # -- 7. curvature scale and the rejection rule -----------------------------------------------
-def test_curvature_scale_is_measured_again_at_each_refresh():
+def test_curvature_scale_is_measured_at_the_first_update_only():
+    """It converts the relative damping once; the LM rule moves λ afterwards."""
     X, Y = least_squares_data(n=64)
     opt = KFAC(mlp(4, (5,), 2, generator=torch.Generator().manual_seed(0)),
                "squared_error", inv_update_freq=2, random_state=0)
-    for k in range(1, 6):
-        opt.accumulate(X * (1.0 if k < 3 else 10.0), Y)  # the inputs' scale changes
+    opt.accumulate(X, Y)
+    A0 = [b.A_sum / 64 for b in opt.blocks]
+    G0 = [b.G_sum / 64 for b in opt.blocks]
+    opt.step()
+    expected = np.mean([float(torch.trace(A) / len(A) * torch.trace(G) / len(G))
+                        for A, G in zip(A0, G0)])
+    assert float(opt.state[opt.params[0]]["curvature_scale"]) == pytest.approx(expected)
+    for _ in range(4):  # the curvature changes by orders of magnitude: the scale does not
+        opt.accumulate(X * 10.0, Y)
         opt.step()
-        if (k - 1) % 2 == 0:
-            expected = np.mean([float(torch.trace(b.A) / len(b.A) * torch.trace(b.G) / len(b.G))
-                                for b in opt.blocks])
-            assert float(opt.state[opt.params[0]]["curvature_scale"]) == pytest.approx(expected)
-    assert float(opt.state[opt.params[0]]["curvature_scale"]) > 10 * expected / 100
+    assert float(opt.state[opt.params[0]]["curvature_scale"]) == pytest.approx(expected)
+    assert float(opt.absolute_damping) == pytest.approx(float(opt.damping) * expected)
 
 
 def test_rejection_ignores_rounding_noise_of_a_loss_near_zero():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import ClassVar
+
+from sklearn.utils._param_validation import Interval
 
 from skkfac.estimators.base import BaseKFACEstimator, store_parameters
 
@@ -12,7 +15,7 @@ class MLPEstimator(BaseKFACEstimator):
 
     _parameter_constraints: ClassVar[dict] = {
         **BaseKFACEstimator._parameter_constraints,
-        "hidden_layer_sizes": ["array-like"],
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
     }
 
     def __init__(self, hidden_layer_sizes=(100,), activation="tanh", *, solver="kfac",
@@ -23,8 +26,9 @@ class MLPEstimator(BaseKFACEstimator):
                  adaptive_step=True, kl_clip=None, stat_decay="linear", momentum_rate=1.0,
                  momentum_max=0.6, inv_update_freq=10, fisher="sampled",
                  curvature_batch_size=256,
-                 max_iter=200, max_time=None, tol=1e-4, n_iter_no_change=10,
-                 early_stopping=False, validation_fraction=0.1, shuffle=True,
-                 eval_every=None, eval_interval=None, random_state=None, verbose=False,
-                 callbacks=None, warm_start=False, device="auto", dtype="float32"):
+                 max_iter=200, max_time=None, max_wall_time=None, tol=1e-4,
+                 n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
+                 shuffle=True, eval_every=None, eval_interval=None, random_state=None,
+                 verbose=False, callbacks=None, warm_start=False, device="auto",
+                 dtype="float32", n_threads=None):
         store_parameters(self, locals())

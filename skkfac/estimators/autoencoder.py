@@ -8,8 +8,10 @@ from typing import ClassVar
 import numpy as np
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_array
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
+from skkfac.estimators._checks import as_layer_sizes
 from skkfac.estimators.base import BaseKFACEstimator, store_parameters
 from skkfac.estimators.docs import document
 
@@ -46,10 +48,11 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
 
     _parameter_constraints: ClassVar[dict] = {
         **BaseKFACEstimator._parameter_constraints,
-        "encoder_layer_sizes": ["array-like"],
+        "encoder_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
     }
     _loss_name = "squared_error"
     _supervised = False
+    _network_parameters = ("encoder_layer_sizes", "activation", "dtype")
 
     def __init__(self, encoder_layer_sizes=(1000, 500, 250, 30), activation="tanh", *,
                  solver="kfac", alpha=0.0, batch_size="auto", artificial_batch_size=None,
@@ -59,18 +62,19 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
                  adaptive_step=True, kl_clip=None, stat_decay="linear", momentum_rate=1.0,
                  momentum_max=0.6, inv_update_freq=10, fisher="sampled",
                  curvature_batch_size=256,
-                 max_iter=200, max_time=None, tol=1e-4, n_iter_no_change=10,
-                 early_stopping=False, validation_fraction=0.1, shuffle=True,
-                 eval_every=None, eval_interval=None, random_state=None, verbose=False,
-                 callbacks=None, warm_start=False, device="auto", dtype="float32"):
+                 max_iter=200, max_time=None, max_wall_time=None, tol=1e-4,
+                 n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
+                 shuffle=True, eval_every=None, eval_interval=None, random_state=None,
+                 verbose=False, callbacks=None, warm_start=False, device="auto",
+                 dtype="float32", n_threads=None):
         store_parameters(self, locals())
 
     def _layer_sizes(self):
-        encoder = tuple(self.encoder_layer_sizes)
+        encoder = as_layer_sizes(self.encoder_layer_sizes)
         return encoder + encoder[-2::-1]
 
     def _validate_layer_sizes(self):
-        encoder = tuple(self.encoder_layer_sizes)
+        encoder = as_layer_sizes(self.encoder_layer_sizes)
         if not encoder or any(not isinstance(s, Integral) or s < 1 for s in encoder):
             raise ValueError("encoder_layer_sizes must be a non-empty tuple of positive "
                              f"integers, got {self.encoder_layer_sizes!r}.")
@@ -131,12 +135,17 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
     def _n_features_out(self) -> int:
         """Code size: ``get_feature_names_out`` names the codes ``kfacautoencoder0``..."""
         check_is_fitted(self, "model_")
-        return self.encoder_layer_sizes[-1]
+        return self._code_size
 
     @property
     def _n_encoder_modules(self) -> int:
         # Each encoder layer is a Linear followed by its activation.
-        return 2 * len(self.encoder_layer_sizes)
+        return 2 * len(self._built_with["encoder_layer_sizes"])
+
+    @property
+    def _code_size(self) -> int:
+        # Of the fitted network, whatever set_params has changed since.
+        return self._built_with["encoder_layer_sizes"][-1]
 
     def transform(self, X):
         """The code (output of the last encoder layer, after its activation).
@@ -150,6 +159,8 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
         -------
         code : ndarray of shape (n_samples, encoder_layer_sizes[-1])
         """
+        check_is_fitted(self, "model_")
+        self._follow_device()  # before taking the encoder out of the network
         return self._predict_outputs(X, self.model_[:self._n_encoder_modules])
 
     def inverse_transform(self, X):
@@ -165,15 +176,16 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
         X_reconstructed : ndarray of shape (n_samples, n_features)
         """
         check_is_fitted(self, "model_")
+        self._follow_device()
         codes = self._check_codes(X)
         return self._forward(self._to_tensor(codes),
                              self.model_[self._n_encoder_modules:]).cpu().numpy()
 
     def _check_codes(self, X):
         codes = check_array(X, dtype=(np.float64, np.float32))
-        if codes.shape[1] != self.encoder_layer_sizes[-1]:
+        if codes.shape[1] != self._code_size:
             raise ValueError(f"X has {codes.shape[1]} features, but the code size of this "
-                             f"autoencoder is {self.encoder_layer_sizes[-1]}.")
+                             f"autoencoder is {self._code_size}.")
         return codes
 
     def predict(self, X):

@@ -7,6 +7,7 @@ the network has, which loss it trains and how a held-out set is scored.
 from __future__ import annotations
 
 import inspect
+import time
 import warnings
 from numbers import Integral, Real
 from typing import ClassVar
@@ -16,11 +17,23 @@ import pandas as pd
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from skkfac import devices
+from skkfac._threads import torch_threads
 from skkfac.callbacks import LogProgress, check_callbacks, verbose_logging
+from skkfac.devices import resolve_device
+from skkfac.divergence import constant_prediction_loss
+from skkfac.estimators._checks import (
+    as_layer_sizes,
+    check_n_outputs,
+    check_representable,
+    check_same_network,
+)
+from skkfac.estimators._transaction import fit_transaction
 from skkfac.losses import get_loss
 from skkfac.nn import ACTIVATIONS, build_mlp
 from skkfac.solvers import get_solver
@@ -43,16 +56,6 @@ def store_parameters(estimator, arguments: dict) -> None:
             setattr(estimator, name, value)
 
 
-def resolve_device(device: str) -> torch.device:
-    """``'auto'`` → the first CUDA device when one is available, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available.")
-    return resolved
-
-
 class BaseKFACEstimator(BaseEstimator):
     """Shared parameters, validation, fitting, prediction and learning curves."""
 
@@ -67,6 +70,7 @@ class BaseKFACEstimator(BaseEstimator):
            for name, parameter in estimator_parameters().items()},
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "max_time": [None, Interval(Real, 0, None, closed="neither")],
+        "max_wall_time": [None, Interval(Real, 0, None, closed="neither")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "early_stopping": ["boolean"],
@@ -78,15 +82,19 @@ class BaseKFACEstimator(BaseEstimator):
         "verbose": ["verbose"],
         "callbacks": [None, list],
         "warm_start": ["boolean"],
-        "device": [str],
+        "device": [str, torch.device],
         "dtype": [StrOptions(set(DTYPES))],
+        "n_threads": [None, Interval(Integral, None, -1, closed="right"),
+                      Interval(Integral, 1, None, closed="left")],
     }
 
     # -- hooks for subclasses --------------------------------------------------------------
     _loss_name = "squared_error"
+    #: The parameters that shape the network: a continuing fit must not change them.
+    _network_parameters = ("hidden_layer_sizes", "activation", "dtype")
 
     def _layer_sizes(self) -> tuple[int, ...]:
-        return tuple(self.hidden_layer_sizes)
+        return as_layer_sizes(self.hidden_layer_sizes)
 
     def _validate_layer_sizes(self) -> None:
         sizes = self._layer_sizes()
@@ -120,7 +128,9 @@ class BaseKFACEstimator(BaseEstimator):
 
     def _effective_batch_size(self, n_samples: int) -> int:
         if self.batch_size == "auto":
-            return min(get_solver(self.solver).auto_batch_size, n_samples)
+            # An update may not hold fewer samples than one mini-batch.
+            return min(get_solver(self.solver).auto_batch_size, n_samples,
+                       self.artificial_batch_size or n_samples)
         if self.batch_size > n_samples:
             warnings.warn(f"Got batch_size={self.batch_size} larger than the number of "
                           f"samples ({n_samples}); using {n_samples}.", UserWarning,
@@ -128,8 +138,12 @@ class BaseKFACEstimator(BaseEstimator):
         return min(self.batch_size, n_samples)
 
     def _to_tensor(self, array, *, integer: bool = False) -> torch.Tensor:
-        dtype = torch.int64 if integer else DTYPES[self.dtype]
-        return torch.as_tensor(np.asarray(array), dtype=dtype, device=self.device_)
+        # The fitted network's dtype, whatever set_params has changed since.
+        dtype = torch.int64 if integer else next(self.model_.parameters()).dtype
+        array = np.asarray(array)
+        if not array.flags.writeable:  # torch cannot share read-only memory
+            array = array.copy()
+        return torch.as_tensor(array, dtype=dtype, device=self.device_)
 
     # -- building ------------------------------------------------------------------------
     def _initialize(self, n_features: int, n_outputs: int, rng) -> None:
@@ -139,6 +153,9 @@ class BaseKFACEstimator(BaseEstimator):
                                 generator=init_generator, dtype=DTYPES[self.dtype],
                                 device=self.device_)
         self.n_outputs_ = n_outputs
+        self._built_with = {name: getattr(self, name) for name in self._network_parameters}
+        sizes = self._network_parameters[0]
+        self._built_with[sizes] = as_layer_sizes(self._built_with[sizes])
         self.solver_ = self._make_solver(rng)
         self._shuffle_rng = np.random.RandomState(rng.randint(2**31 - 1))
         self._progress = TrainingProgress()
@@ -162,23 +179,47 @@ class BaseKFACEstimator(BaseEstimator):
             X = validate_data(self, X, reset=reset, dtype=(np.float64, np.float32),
                               ensure_min_samples=2)
             return X, X
-        return validate_data(self, X, y, reset=reset, dtype=(np.float64, np.float32),
+        X, y = validate_data(self, X, y, reset=reset, dtype=(np.float64, np.float32),
                              multi_output=self._multi_output,
                              y_numeric=self._loss_name != "cross_entropy",
                              ensure_min_samples=2)
+        if self._loss_name != "cross_entropy" and y.dtype.kind not in "fiub":
+            y = y.astype(np.float64)  # strings: numbers or scikit-learn's ValueError
+        return X, y
 
     def _fit(self, X, y, *, eval_set=None, incremental: bool = False, classes=None):
-        first_fit = not (hasattr(self, "model_") and (self.warm_start or incremental))
+        """Fit, or leave the estimator as it was if the call raises or is interrupted."""
+        deadline = (None if self.max_wall_time is None
+                    else time.perf_counter() + self.max_wall_time)
+        continuing = hasattr(self, "model_") and (self.warm_start or incremental)
+        with fit_transaction(self, continuing=continuing), torch_threads(self.n_threads):
+            return self._fit_unguarded(X, y, eval_set=eval_set, incremental=incremental,
+                                       classes=classes, first_fit=not continuing,
+                                       deadline=deadline)
+
+    def _fit_unguarded(self, X, y, *, eval_set, incremental, classes, first_fit, deadline):
         X, y = self._validate_training_data(X, y, reset=first_fit)
         self._check_fit_params()
+        if not first_fit and hasattr(self, "_built_with"):
+            check_same_network(self, self._built_with,
+                               "partial_fit" if incremental else "warm_start=True")
         if first_fit:
             self._learn_target_encoding(y, classes)
         y_encoded = self._encode_targets(y)
+        check_representable(X, np.dtype(self.dtype), "X")
+        if self._supervised:
+            check_representable(y_encoded, np.dtype(self.dtype), "y",
+                                squared=self._loss_name == "squared_error")
         rng = check_random_state(self.random_state)
+        if not first_fit:  # set_params may have changed it since the last fit
+            self._follow_device()
         if first_fit:
             self._initialize(X.shape[1], self._n_outputs(y_encoded), rng)
-        elif self.solver_.name != self.solver:
-            self.solver_ = self._make_solver(rng)
+        else:
+            if y_encoded.ndim == 2:
+                check_n_outputs(self.n_outputs_, y_encoded)
+            if self.solver_.name != self.solver:
+                self.solver_ = self._make_solver(rng)
 
         X_train, y_train = X, y_encoded
         validate = None
@@ -188,19 +229,21 @@ class BaseKFACEstimator(BaseEstimator):
             y_val_t = self._to_tensor(y_val, integer=self._loss_name == "cross_entropy")
             validate = lambda: self._evaluate_tensors(X_val_t, y_val_t)[1]  # noqa: E731
         evaluate = self._make_evaluator(eval_set)
+        X_t = self._to_tensor(X_train)
+        y_t = self._to_tensor(y_train, integer=self._loss_name == "cross_entropy")
 
         config = TrainingConfig(
             batch_size=self._effective_batch_size(X_train.shape[0]),
             artificial_batch_size=self.artificial_batch_size, max_epochs=self.max_iter,
             max_time=self.max_time, tol=self.tol, n_iter_no_change=self.n_iter_no_change,
             early_stopping=validate is not None, eval_every=self.eval_every,
-            eval_interval=self.eval_interval, shuffle=self.shuffle)
+            eval_interval=self.eval_interval, shuffle=self.shuffle, deadline=deadline,
+            reference_loss=constant_prediction_loss(
+                y_t, classification=self._loss_name == "cross_entropy"))
         callbacks = [LogProgress()] if self.verbose else []
         callbacks += check_callbacks(self.callbacks)
         trainer = Trainer(config, evaluate=evaluate, validate=validate, callbacks=callbacks,
                           estimator=self)
-        X_t = self._to_tensor(X_train)
-        y_t = self._to_tensor(y_train, integer=self._loss_name == "cross_entropy")
         self.model_.train()
         with verbose_logging(bool(self.verbose)):
             progress = trainer.run(self.solver_, X_t, y_t, self._progress,
@@ -212,8 +255,6 @@ class BaseKFACEstimator(BaseEstimator):
         return self
 
     def _validation_split(self, X, y, rng):
-        from sklearn.model_selection import train_test_split
-
         stratify = y if self._loss_name == "cross_entropy" else None
         return train_test_split(X, y, test_size=self.validation_fraction,
                                 random_state=rng.randint(2**31 - 1), stratify=stratify)
@@ -224,6 +265,8 @@ class BaseKFACEstimator(BaseEstimator):
         X_eval, y_eval = self._split_eval_set(eval_set)
         X_eval, y_eval = self._validate_training_data(X_eval, y_eval, reset=False)
         y_eval = self._encode_targets(y_eval)
+        if self._supervised and y_eval.ndim == 2:
+            check_n_outputs(self.n_outputs_, y_eval, "eval_set's y")
         X_t = self._to_tensor(X_eval)
         y_t = self._to_tensor(y_eval, integer=self._loss_name == "cross_entropy")
         return lambda: self._evaluate_tensors(X_t, y_t)
@@ -283,10 +326,75 @@ class BaseKFACEstimator(BaseEstimator):
 
     def _predict_outputs(self, X, module=None) -> np.ndarray:
         check_is_fitted(self, "model_")
+        self._follow_device()
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        return self._forward(self._to_tensor(X), module).cpu().numpy()
+        with torch_threads(self.n_threads):
+            return self._forward(self._to_tensor(X), module).cpu().numpy()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.non_deterministic = self.device != "cpu" and torch.cuda.is_available()
+        tags.non_deterministic = str(self.device) != "cpu" and torch.cuda.is_available()
         return tags
+
+    # -- devices -------------------------------------------------------------------------
+    def _follow_device(self) -> None:
+        """Move the fitted network and solver to the device ``device`` names now.
+
+        Lets ``set_params(device=...)`` take effect at the next ``predict`` or fit: the
+        solver's whole state moves too, so ``warm_start``/``partial_fit`` continue
+        exactly where they stopped.
+        """
+        wanted = devices.target_device(self.device, self.device_)
+        if wanted != self.device_:
+            self._unpack(self._pack({"model_": self.model_, "solver_": self.solver_}), wanted)
+            self.device_ = wanted
+
+    def __getstate__(self):
+        """Pickle the fitted state through ``torch.save`` so it can load on any machine."""
+        state = dict(super().__getstate__())  # may be self.__dict__ itself
+        if "model_" not in state:
+            return state
+        # A pickle taken mid-update (a checkpoint) must not carry the whole data set.
+        self.solver_.copy_pending_data()
+        parameters = self.get_params(deep=False)
+        fitted = {name: state.pop(name) for name in list(state) if name not in parameters}
+        state["_fitted_device"] = str(fitted["device_"])
+        state["_fitted_state"] = self._pack(fitted)
+        return state
+
+    def __setstate__(self, state):
+        """Unpickle, with the tensors on the device ``device`` names on this machine.
+
+        When that device does not exist here (a GPU asked for by name, on a CPU-only
+        machine), the tensors load on the CPU and a warning says so.
+        """
+        packed = state.pop("_fitted_state", None)
+        fitted_device = torch.device(state.pop("_fitted_device", "cpu"))
+        super().__setstate__(state)
+        if packed is None:
+            return
+        try:
+            target = devices.target_device(self.device, fitted_device)
+        except ValueError as error:
+            target = torch.device("cpu")
+            warnings.warn(f"This estimator was fitted on {fitted_device}; {error} Its "
+                          "tensors were loaded on the CPU: call set_params(device='cpu') "
+                          "(or another device) before predicting or fitting.",
+                          UserWarning, stacklevel=2)
+        self._unpack(packed, target)
+        self.device_ = target
+
+    def _pack(self, fitted: dict) -> bytes:
+        """Serialise fitted attributes (``torch.save``), tensors on the devices they are on."""
+        # Parameters pickle without their .grad, which holds the gradient of an update
+        # not finished yet (partial_fit with an artificial batch): keep it alongside.
+        gradients = [p.grad for p in self.model_.parameters()]
+        return devices.dumps({**fitted, "_gradients": gradients})
+
+    def _unpack(self, packed: bytes, device: torch.device) -> None:
+        """Set the attributes :meth:`_pack` saved, with every tensor on ``device``."""
+        fitted = devices.loads(packed, device)
+        gradients = fitted.pop("_gradients")
+        self.__dict__.update(fitted)
+        for parameter, gradient in zip(self.model_.parameters(), gradients):
+            parameter.grad = gradient

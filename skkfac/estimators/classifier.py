@@ -80,6 +80,10 @@ class KFACClassifier(ClassifierMixin, MLPEstimator):
             self._validate_params()
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
+        elif classes is not None and not np.array_equal(self.classes_, unique_labels(classes)):
+            raise ValueError(f"classes={list(classes)!r} is not the same as on the first call "
+                             f"to partial_fit, {self.classes_.tolist()!r}; fit a new model "
+                             "to change the classes.")
         return self._fit(X, y, incremental=True, classes=classes)
 
     def _learn_target_encoding(self, y, classes=None):

@@ -24,12 +24,12 @@ ATTRIBUTES_MARKER = "    <fitted attributes>\n"
 #: ``name: (type and default line, description)`` of the estimators' own parameters.
 OWN_PARAMETERS = {
     "hidden_layer_sizes": (
-        "tuple of int, default=(100,)",
-        "Width of each hidden layer; ``()`` is a linear model."),
+        "int or tuple of int, default=(100,)",
+        "Width of each hidden layer (an int is one layer); ``()`` is a linear model."),
     "encoder_layer_sizes": (
-        "tuple of int, default=(1000, 500, 250, 30)",
-        "Widths of the encoder's layers; the last one is the code size. The decoder "
-        "mirrors them."),
+        "int or tuple of int, default=(1000, 500, 250, 30)",
+        "Widths of the encoder's layers (an int is one layer); the last one is the code "
+        "size. The decoder mirrors them."),
     "activation": (
         "{'tanh', 'relu', 'logistic', 'identity'}, default='tanh'",
         "Activation after every hidden layer (the study used tanh). Weights are "
@@ -46,12 +46,19 @@ OWN_PARAMETERS = {
         "int or None, default=None",
         "Samples per update: gradients (and K-FAC's curvature statistics) of consecutive "
         "mini-batches are summed until this many samples are reached, then one update is "
-        "made. Must be ``>= batch_size``. ``None``: one update per mini-batch."),
+        "made. Must be ``>= batch_size``; with ``batch_size='auto'`` the mini-batches are "
+        "made no larger than it. ``None``: one update per mini-batch."),
     "max_iter": ("int, default=200", "Maximum number of epochs."),
     "max_time": (
         "float or None, default=None",
         "Budget of training seconds (evaluation excluded); training stops at the first "
-        "mini-batch that ends past it."),
+        "mini-batch that ends past it. See ``max_wall_time`` to bound the whole call."),
+    "max_wall_time": (
+        "float or None, default=None",
+        "Budget of wall-clock seconds for the whole ``fit``/``partial_fit`` call: "
+        "validation, setup, training, evaluations of ``eval_set`` and callbacks. Training "
+        "stops at the first mini-batch or evaluation that ends past it (about one update "
+        "and one evaluation late at most); ``stop_reason_`` is then 'max_wall_time'."),
     "tol": (
         "float, default=1e-4",
         "Minimum improvement of the loss (or validation score) per epoch that counts."),
@@ -89,13 +96,25 @@ OWN_PARAMETERS = {
         "See :mod:`skkfac.callbacks`."),
     "warm_start": (
         "bool, default=False",
-        "Continue from the previous fit's weights and solver state."),
+        "Continue from the previous fit's weights and solver state. The network's shape "
+        "(layer sizes, ``activation``, ``dtype``) and number of outputs cannot change "
+        "then: ``fit`` raises a ValueError; set ``warm_start=False`` to train a new one."),
     "device": (
-        "str, default='auto'",
-        "'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ..."),
+        "str or torch.device, default='auto'",
+        "'auto' (the current CUDA device when available, else the CPU), 'cpu', 'cuda', "
+        "'cuda:1'..., or 'cuda:worker' (one GPU per worker process of a parallel search). "
+        "Changing it after fit moves the fitted model at the next predict or fit; see "
+        "the user guide's GPUs page."),
     "dtype": (
         "{'float32', 'float64'}, default='float32'",
         "Floating-point type of the network and of the computations."),
+    "n_threads": (
+        "int or None, default=None",
+        "CPU threads torch uses during ``fit``, ``partial_fit``, ``predict``, "
+        "``transform`` and ``score`` (``torch.set_num_threads``, restored when the call "
+        "returns). ``None`` means 1, which is fastest for small networks and on shared "
+        "machines; ``-1`` means every available CPU, ``-2`` all but one, as scikit-learn's "
+        "``n_jobs``. Threads pay off for wide layers and large batches on an idle CPU."),
 }
 
 FITTED_ATTRIBUTES = """\
@@ -135,7 +154,8 @@ FITTED_ATTRIBUTES = """\
         Updates undone: by the solver (its step report said so) or by the trainer
         because the loss diverged after them.
     stop_reason_ : str
-        'max_iter', 'max_time', 'converged' or 'diverged' ('' after ``partial_fit``).
+        'max_iter', 'max_time', 'max_wall_time', 'converged' or 'diverged' (see the
+        user guide's Reliability page); 'max_iter' after a complete ``partial_fit`` epoch.
     n_features_in_ : int
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of str

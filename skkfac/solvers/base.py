@@ -16,12 +16,17 @@ import math
 from typing import ClassVar
 
 import torch
+import torch._dynamo  # for its side effect, see below
 from sklearn.utils._param_validation import validate_parameter_constraints
 from torch import nn
 
 from skkfac.losses import get_loss
 from skkfac.nn import linear_layers
 from skkfac.solvers.spec import Hyperparameter, StepReport
+
+# torch.optim.Optimizer imports torch._dynamo the first time an optimizer is built: about
+# a second that would otherwise fall on the first fit of the process, outside its
+# training clock. Importing it with the package puts that cost where imports are paid.
 
 
 class Solver:
@@ -88,6 +93,14 @@ class Solver:
     def discard(self) -> None:
         """Drop what has been accumulated since the last step."""
         self._reset_accumulation()
+
+    def copy_pending_data(self) -> None:
+        """Keep copies, not views, of the training rows held for the next ``step``.
+
+        Called when training pauses in the middle of an update (``partial_fit``): the
+        micro-batches are views into the trainer's shuffled copy of the whole data set,
+        which must not stay alive (nor be pickled) for the sake of a few rows.
+        """
 
     def step(self) -> StepReport:  # pragma: no cover - abstract
         """One update from everything accumulated since the last step."""
@@ -158,3 +171,15 @@ class TorchOptimizerSolver(Solver):
     def on_restore(self) -> None:
         """After a rejected update: forget the optimizer's running state (momentum)."""
         self.optimizer.state.clear()
+
+
+def clone_tensors(obj):
+    """``obj`` (tensors in lists and tuples, named or not) with every tensor cloned."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, list):
+        return [clone_tensors(item) for item in obj]
+    if isinstance(obj, tuple):
+        items = [clone_tensors(item) for item in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    return obj

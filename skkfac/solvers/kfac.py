@@ -37,7 +37,7 @@ from skkfac.curvature.control import (
 from skkfac.curvature.precision import factor_dtype, full_precision
 from skkfac.distributed import Communicator, compute_on_owners
 from skkfac.nn import forward_in, linear_jvp, supports_fast_jvp
-from skkfac.solvers.base import Solver
+from skkfac.solvers.base import Solver, clone_tensors
 from skkfac.solvers.phase_timer import PhaseTimer
 from skkfac.solvers.spec import Hyperparameter, StepReport, register_solver
 
@@ -71,8 +71,8 @@ class KFAC(Solver, torch.optim.Optimizer):
         Tikhonov damping ``λ`` *relative to the curvature's scale*: the absolute damping
         is ``damping · s`` with ``s`` the mean over layers of
         ``(tr A / dim A)(tr G / dim G)`` (the average eigenvalue of ``A ⊗ G``) measured
-        again at every inverse refresh, so the same value suits losses and data of any
-        scale and keeps its meaning while the curvature shrinks during training.
+        at the first update, so the same value suits losses and data of any scale; the
+        Levenberg–Marquardt rule then adapts it.
         Initial value when ``adapt_damping``. For ``'max_norm'`` it is the shift added to
         the max-normalised factors.
     damping_scheme : {'tikhonov', 'eigen', 'max_norm'}, default='tikhonov'
@@ -396,6 +396,9 @@ class KFAC(Solver, torch.optim.Optimizer):
         self.timer.device = self.device
         self._set_generator_state(rng_state)
 
+    def copy_pending_data(self) -> None:
+        self._curvature_rows = clone_tensors(self._curvature_rows)
+
     # -- data-parallel seams -------------------------------------------------------------
     def _all_reduce(self, tensors: list[torch.Tensor]) -> None:
         """Sum ``tensors`` in place over the processes that share this update.
@@ -567,7 +570,8 @@ class KFAC(Solver, torch.optim.Optimizer):
 
     def _refresh_inverses(self) -> None:
         shared = self._shared
-        shared["curvature_scale"] = self._curvature_scale()
+        if shared["step"] == 1:
+            shared["curvature_scale"] = self._curvature_scale()
         damping = self.absolute_damping
         if self.communicator.active and self.distribute_inverses:
             self._invert_shared_out(damping)
@@ -614,9 +618,13 @@ class KFAC(Solver, torch.optim.Optimizer):
     def _curvature_scale(self) -> torch.Tensor:
         """Mean over layers of the average eigenvalue ``(tr A/dim A)(tr G/dim G)``.
 
-        Measured again at every inverse refresh, so that the relative damping keeps its
-        meaning while the curvature shrinks by orders of magnitude during training. A
-        degenerate value keeps the previous scale.
+        Measured once, at the first update: it only converts the relative ``damping``
+        into the loss's units. From then on the Levenberg–Marquardt rule alone moves the
+        damping, on evidence from ``ρ`` (as in kfac-jax, whose damping is absolute); a
+        scale re-measured at every refresh would be a second controller that changes
+        ``λ`` without such evidence (it collapsed to 1e-11 with batch size 1 on a
+        cross-entropy, and trained no better on the MNIST autoencoder: see
+        ``docs/user_guide/damping.rst``). A degenerate value gives 1.
         """
         if self.hyper["damping_scheme"] == "max_norm":
             return self._scalar(1.0)  # max_norm normalises the factors itself
@@ -634,7 +642,10 @@ class KFAC(Solver, torch.optim.Optimizer):
         -------
         StepReport or None
             Whether the update was kept, the curvature-batch loss before and after it,
-            ``ρ`` (when the damping was adapted), the damping now and the step's
+            ``ρ`` (whenever the quadratic model was evaluated: every update with
+            ``adaptive_step``, else on the damping-adaptation updates; the damping
+            follows it every ``damping_adapt_interval`` updates), the damping now and the
+            step's
             coefficients; values are 0-d device tensors (``report.fetch()`` reads them).
             ``None`` when nothing was accumulated.
         """
@@ -698,7 +709,7 @@ class KFAC(Solver, torch.optim.Optimizer):
             rho = reduction_ratio(loss_after - loss_before, predicted)
         self._after_step(accepted, steps, adapt, rho)
         return StepReport(accepted=accepted, loss_before=loss_before, loss_after=loss_after,
-                          rho=rho if adapt else None, damping=shared["damping"],
+                          rho=rho, damping=shared["damping"],
                           step_size=step_size, momentum=momentum)
 
     def _apply_checked(self, steps, batch, loss_before):
