@@ -8,7 +8,7 @@ STAMP := .install-stamp
 # The pinned CPU wheel of torch goes first: an unpinned torch would pull a CUDA build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet "torch==2.13.0"
-	$(PYTHON) -m pip install --quiet -e ".[test,bench]"
+	$(PYTHON) -m pip install --quiet -e ".[test,bench,dist]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--repeats", type=int, default=None,
                       help=f"trainings per trial, averaged (default {d.repeats})")
     tune.add_argument("--fresh", action="store_true", help="discard earlier trials")
+    tune.add_argument("--scheduler", default=None, metavar="ADDRESS|local",
+                      help="run trials in parallel on this Dask scheduler, or on a new "
+                           "local cluster ('local'); see benchmarks/dask_search.py")
+    tune.add_argument("--n-workers", type=int, default=None,
+                      help="worker processes of --scheduler local (default: one per core)")
 
     compare = sub.add_parser("compare", help="retrain the best configurations, verdict")
     _common(compare)
@@ -241,7 +246,8 @@ def _run(args, out: Path) -> int:
         from benchmarks.tune import run_tune
 
         run_tune(problem, data, folder, budget, solvers=args.solver, seed=args.seed,
-                 device=args.device, fresh=args.fresh)
+                 device=args.device, fresh=args.fresh, scheduler=args.scheduler,
+                 n_workers=args.n_workers)
     elif args.command == "compare":
         from benchmarks.compare import run_compare
 

@@ -231,12 +231,24 @@ def is_diverged(trial_row) -> bool:
 
 
 def run_tune(problem, data, out_dir, budget, *, solvers=None, seed: int = 0,
-             device: str = "auto", fresh: bool = False, progress=log) -> dict:
+             device: str = "auto", fresh: bool = False, progress=log,
+             scheduler: str | None = None, n_workers: int | None = None) -> dict:
     """Search each solver's space on ``problem``; results in ``<out_dir>/tune_<solver>.csv``.
 
-    ``solvers`` defaults to every registered solver. Returns ``{solver: DataFrame of
-    trials}``.
+    ``solvers`` defaults to every registered solver. ``scheduler`` (a Dask scheduler
+    address, or ``'local'`` for a local cluster of ``n_workers`` processes) runs the
+    trials in parallel: see :mod:`benchmarks.dask_search`. Returns ``{solver: DataFrame
+    of trials}``.
     """
+    from benchmarks.dask_search import search_backend
+
+    with search_backend(scheduler, n_workers=n_workers) as backend:
+        return _run_tune(problem, data, out_dir, budget, solvers=solvers, seed=seed,
+                         device=device, fresh=fresh, progress=progress, backend=backend)
+
+
+def _run_tune(problem, data, out_dir, budget, *, solvers, seed, device, fresh, progress,
+              backend) -> dict:
     solvers = registered_solvers() if solvers is None else tuple(solvers)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +258,7 @@ def run_tune(problem, data, out_dir, budget, *, solvers=None, seed: int = 0,
         # The optimiser's seed depends on the solver, not on which solvers run together.
         index = every.index(solver) if solver in every else len(every)
         space = search_space(solver, n_samples=len(data.X_train))
-        csv_log = CsvLog(tune_csv(out_dir, solver), tune_columns(space))
+        csv_log = CsvLog(tune_csv(out_dir, solver), backend.columns(tune_columns(space)))
         if fresh:
             csv_log.remove()
         settings = {"problem": problem.name, "dataset": data.dataset, "note": data.note,
@@ -261,10 +273,10 @@ def run_tune(problem, data, out_dir, budget, *, solvers=None, seed: int = 0,
         evaluate = make_trial_evaluator(problem, data, solver,
                                         max_time=budget.tune_max_time,
                                         repeats=budget.repeats, seed=seed, device=device)
-        _, trials = run_search(space, evaluate, csv_log, n_trials=budget.n_trials,
-                               n_initial_points=budget.n_initial_points,
-                               random_state=seed + 7 * index, label=label,
-                               progress=progress)
+        _, trials = backend.run_search(space, evaluate, csv_log, n_trials=budget.n_trials,
+                                       n_initial_points=budget.n_initial_points,
+                                       random_state=seed + 7 * index, label=label,
+                                       progress=progress)
         results[solver] = trials
         best = trials.nsmallest(min(4, len(trials)), "val_loss")
         progress(f"{label}: best validation losses "

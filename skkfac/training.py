@@ -155,6 +155,7 @@ class Trainer:
         an artificial batch that is not complete yet for the next call.
         """
         config = self.config
+        _check_data_parallel(solver)
         epochs = config.max_epochs if max_epochs is None else max_epochs
         self._progress = progress
         self._event_fields = dict(max_epochs=epochs, n_samples=X.shape[0],
@@ -221,8 +222,8 @@ class Trainer:
                 pending_loss += solver.accumulate(X_batch, y_batch)
                 progress.samples_seen += X_batch.shape[0]
                 if solver.n_accumulated >= config.update_size:
-                    count = solver.n_accumulated
-                    batch_loss = self._read_loss(pending_loss / count, progress)
+                    total, count = _batch_sum(solver, pending_loss)
+                    batch_loss = self._read_loss(total / count, progress)
                     pending_loss.zero_()
                     if not self._update(solver, progress, batch_loss):
                         progress.train_time = clock.elapsed
@@ -233,6 +234,7 @@ class Trainer:
                     self._window_loss += batch_loss * count
                     self._window_count += count
                     updated = True
+            _agree_on_time(solver, clock)
             progress.train_time = clock.elapsed
             if updated:
                 updated = False
@@ -414,3 +416,29 @@ class Trainer:
             progress.pending_loss = 0.0
         if progress.history[-1]["update"] != progress.n_updates or self._window_count:
             self._record(solver, progress)
+
+
+# -- data-parallel training: every rank must take the same decisions -----------------------
+def _batch_sum(solver, pending_loss: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed loss and size of the update's batch, over all ranks of a data-parallel solver."""
+    communicator = getattr(solver, "communicator", None)
+    if communicator is None or not communicator.active:
+        return pending_loss, solver.n_accumulated
+    return communicator.global_sum(pending_loss, solver.n_accumulated)
+
+
+def _check_data_parallel(solver) -> None:
+    """Refuse to train a solver without reductions on several ranks (models would differ)."""
+    import torch.distributed as dist
+
+    if (getattr(solver, "communicator", None) is None and dist.is_available()
+            and dist.is_initialized() and dist.get_world_size() > 1):
+        raise RuntimeError(f"{type(solver).__name__} does not train data-parallel: use "
+                           "solver='kfac' in a torch.distributed process group.")
+
+
+def _agree_on_time(solver, clock: TrainingClock) -> None:
+    """Set every rank's training clock to the slowest rank's (one max_time decision)."""
+    communicator = getattr(solver, "communicator", None)
+    if communicator is not None and communicator.active:
+        clock.elapsed = communicator.max(clock.elapsed)

@@ -41,6 +41,7 @@ from skkfac.curvature.control import (
     reduction_ratio,
 )
 from skkfac.curvature.precision import factor_dtype, full_precision
+from skkfac.distributed import Communicator, compute_on_owners
 from skkfac.nn import forward_in, linear_jvp, supports_fast_jvp
 from skkfac.solvers.base import Solver, clone_tensors
 from skkfac.solvers.phase_timer import PhaseTimer
@@ -136,6 +137,18 @@ class KFAC(Solver, torch.optim.Optimizer):
         damping.
     random_state : int or None
         Seed of the target sampling.
+    process_group : torch.distributed.ProcessGroup or None, default=None
+        Data-parallel training (:mod:`skkfac.distributed`): when ``torch.distributed``
+        is initialised with several ranks, each rank accumulates its share of every
+        batch and every cross-example sum of an update (gradients, Kronecker
+        statistics, the quadratic model's sums, the curvature losses) and its example
+        count are summed over this group (``None``: the default group), so every rank
+        makes the update of the whole batch. Gradients are not reduced again when
+        ``model`` is a ``DistributedDataParallel``. Ignored in a single process.
+    distribute_inverses : bool, default=True
+        In a process group: invert each layer's factors and precondition its gradient
+        on one rank (``layer mod world_size``) and broadcast the inverse and the
+        direction; ``False``: every rank does all layers itself.
 
     Examples
     --------
@@ -223,7 +236,15 @@ class KFAC(Solver, torch.optim.Optimizer):
                  momentum_rate=1.0,
                  momentum_max=0.6, momentum=None, inv_update_freq=10, fisher="sampled",
                  curvature_batch_size=256, rejection_ratio=2.0, alpha=0.0,
-                 random_state=None):
+                 random_state=None, process_group=None, distribute_inverses=True):
+        # data-parallel: a DistributedDataParallel wrapper only runs accumulate's
+        # forward passes (its backward averages the gradients); K-FAC's own forward
+        # passes use the wrapped network, outside DDP's bookkeeping.
+        self._train_model = model
+        self._gradients_averaged = isinstance(
+            model, torch.nn.parallel.DistributedDataParallel)
+        if self._gradients_averaged:
+            model = model.module
         Solver.__init__(self, model, loss, alpha=alpha)
         if damping_scheme not in DAMPING_SCHEMES:
             raise ValueError(f"damping_scheme must be one of {sorted(DAMPING_SCHEMES)}, "
@@ -271,6 +292,10 @@ class KFAC(Solver, torch.optim.Optimizer):
         shared["curvature_scale"] = self._scalar(1.0)
         shared["inverse_damping"] = self._scalar(math.nan)
         shared["refresh"] = torch.ones((), dtype=torch.bool, device=self.device)
+        self.communicator = Communicator(process_group)
+        self.distribute_inverses = bool(distribute_inverses)
+        if self.communicator.active:
+            self._join_process_group()
 
     def _scalar(self, value) -> torch.Tensor:
         """A 0-d control value (damping, scale) on the device, in float64."""
@@ -369,6 +394,8 @@ class KFAC(Solver, torch.optim.Optimizer):
     def __getstate__(self):
         # torch.Generator and CUDA events do not pickle: carry the generator's state.
         state = self.__dict__.copy()
+        if state["_train_model"] is not self.model:  # a DDP wrapper holds a process group
+            state["_train_model"] = self.model
         state["generator"] = self.generator.get_state()
         state["_published_flag"] = None
         return state
@@ -396,10 +423,20 @@ class KFAC(Solver, torch.optim.Optimizer):
         quadratic model's sums and the curvature losses): a single process has nothing
         to add.
         """
+        self.communicator.all_reduce(tensors)
 
     def _reduce_count(self, count: int) -> int:
         """The number of examples behind a sum, over all the processes."""
-        return count
+        return round(self.communicator.sum(count)) if self.communicator.active else count
+
+    def _join_process_group(self) -> None:
+        """Start from rank 0's weights; draw different sampled targets on every rank."""
+        comm = self.communicator
+        if not self._gradients_averaged:  # DDP has broadcast the weights already
+            with torch.no_grad():
+                comm.broadcast([p.data for p in self.params], src=0)
+        seed = int(self.generator.initial_seed())
+        self.generator.manual_seed((seed + 7919 * comm.rank) % 2**63)
 
     # -- statistics --------------------------------------------------------------------
     @contextmanager
@@ -466,10 +503,11 @@ class KFAC(Solver, torch.optim.Optimizer):
             loss_sum = None
             if n_curvature:
                 with self._capture_layers() as (inputs, outputs):
-                    output = self.model(X[:n_curvature])
+                    output = self._train_model(X[:n_curvature])
                 loss_sum = self.loss.per_example(output, y[:n_curvature]).sum()
             if n_curvature < n:
-                rest = self.loss.per_example(self.model(X[n_curvature:]), y[n_curvature:]).sum()
+                rest = self.loss.per_example(self._train_model(X[n_curvature:]),
+                                             y[n_curvature:]).sum()
                 loss_sum = rest if loss_sum is None else loss_sum + rest
         if n_curvature:
             with self.timer.phase("statistics"):
@@ -496,7 +534,10 @@ class KFAC(Solver, torch.optim.Optimizer):
             bias = layer.bias.grad if layer.bias.grad is not None else torch.zeros_like(
                 layer.bias)
             gradients.append(torch.cat([weight, bias[:, None]], dim=1).to(self.factor_dtype))
-        self._all_reduce(gradients)
+        if self._gradients_averaged:  # DDP's mean of the ranks' sums → their sum
+            torch._foreach_mul_(gradients, float(self.communicator.world_size))
+        else:
+            self._all_reduce(gradients)
         torch._foreach_mul_(gradients, 1.0 / self._reduce_count(self.n_accumulated))
         if self.alpha:
             for layer, V in zip(self.layers, gradients):
@@ -551,8 +592,11 @@ class KFAC(Solver, torch.optim.Optimizer):
         if shared["step"] == 1:
             shared["curvature_scale"] = self._curvature_scale()
         damping = self.absolute_damping
-        for index in range(len(self.blocks)):
-            self._invert(index, damping)
+        if self.communicator.active and self.distribute_inverses:
+            self._invert_shared_out(damping)
+        else:
+            for index in range(len(self.blocks)):
+                self._invert(index, damping)
         shared["inverse_damping"] = damping
         shared["refresh"] = torch.zeros((), dtype=torch.bool, device=self.device)
 
@@ -562,6 +606,33 @@ class KFAC(Solver, torch.optim.Optimizer):
         block.inverse = DAMPING_SCHEMES[self.hyper["damping_scheme"]](block.A, block.G,
                                                                       damping)
         self.state[self.layers[index].weight]["inverse"] = block.inverse.tensors()
+
+    def _precondition(self, gradients) -> list[torch.Tensor]:
+        """The K-FAC directions ``-(A ⊗ G)⁻¹ ∇`` of every layer. Data-parallel with
+        ``distribute_inverses``: each rank computes its own layers' and broadcasts them."""
+        comm = self.communicator
+        shared_out = comm.active and self.distribute_inverses
+        directions = [
+            torch.empty_like(V) if shared_out and comm.owner(index) != comm.rank else
+            torch.nan_to_num_(block.inverse.apply(V).neg_(), 0.0, 0.0, 0.0).contiguous()
+            for index, (block, V) in enumerate(zip(self.blocks, gradients))]
+        if shared_out:
+            for owner in range(comm.world_size):
+                comm.broadcast([d for index, d in enumerate(directions)
+                                if comm.owner(index) == owner], src=owner)
+        return directions
+
+    def _invert_shared_out(self, damping: torch.Tensor) -> None:
+        """Data-parallel: each rank inverts the layers it owns, then receives the others."""
+
+        def owned(index):
+            self._invert(index, damping)
+            return self.blocks[index].inverse
+
+        inverses = compute_on_owners(self.communicator, len(self.blocks), owned, self.device)
+        for layer, block, inverse in zip(self.layers, self.blocks, inverses):
+            block.inverse = inverse
+            self.state[layer.weight]["inverse"] = inverse.tensors()
 
     def _curvature_scale(self) -> torch.Tensor:
         """Mean over layers of the average eigenvalue ``(tr A/dim A)(tr G/dim G)``.
@@ -625,8 +696,7 @@ class KFAC(Solver, torch.optim.Optimizer):
                 self.ekfac.update([block.inverse for block in self.blocks], decay,
                                   self._all_reduce, self._reduce_count)
         with self.timer.phase("precondition"):
-            directions = [torch.nan_to_num_(block.inverse.apply(V).neg_(), 0.0, 0.0, 0.0)
-                          for block, V in zip(self.blocks, gradients)]
+            directions = self._precondition(gradients)
         with self.timer.phase("update"):
             return self._take_step(k, decay, directions, gradients)
 

@@ -1,0 +1,166 @@
+"""Data-parallel K-FAC: 2 gloo ranks on half a batch each = 1 process on the whole batch."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from skkfac import KFAC, KFACClassifier, KFACRegressor
+from skkfac.distributed import Communicator, fit_data_parallel, shard_indices
+from skkfac.nn import build_mlp
+
+BATCH, N_UPDATES = 24, 6
+SETTINGS = dict(fisher="exact", curvature_batch_size=None, adaptive_step=True,
+                adapt_damping=True, damping_adapt_interval=1, inv_update_freq=2,
+                damping=0.05, random_state=0)
+#: name -> (KFAC options, wrap the model in DistributedDataParallel)
+CASES = {
+    "tikhonov, inverses shared out": (dict(damping_scheme="tikhonov"), False),
+    "eigen, inverses shared out": (dict(damping_scheme="eigen"), False),
+    "tikhonov, inverses on every rank": (dict(damping_scheme="tikhonov",
+                                              distribute_inverses=False), False),
+    "tikhonov, DistributedDataParallel": (dict(damping_scheme="tikhonov"), True),
+}
+
+
+def batches():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(BATCH, 5, generator=g, dtype=torch.float64),
+             torch.randn(BATCH, 3, generator=g, dtype=torch.float64))
+            for _ in range(N_UPDATES)]
+
+
+def train(options: dict, ddp: bool, rows) -> list[dict]:
+    """Weights and decisions after each update, accumulating ``rows`` of every batch."""
+    model = build_mlp(5, (8, 6), 3, "tanh", generator=torch.Generator().manual_seed(0),
+                      dtype=torch.float64)
+    trained = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    opt = KFAC(trained, "squared_error", **SETTINGS, **options)
+    history = []
+    for X, y in batches():
+        X, y = X[rows], y[rows]
+        half = len(X) // 2
+        opt.accumulate(X[:half], y[:half])  # two micro-batches per update
+        opt.accumulate(X[half:], y[half:])
+        report = opt.step().fetch()
+        history.append(dict(weights=[p.detach().clone() for p in model.parameters()],
+                            **report))
+    return history
+
+
+def _rank(rank, world_size, init_file, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world_size)
+    try:
+        share = BATCH // world_size
+        rows = slice(rank * share, (rank + 1) * share)
+        results = {name: train(options, ddp, rows) for name, (options, ddp) in CASES.items()}
+        results["max_time"] = fit_with_time_budget(rank, world_size)
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def fit_with_time_budget(rank, world_size):
+    """An estimator fitted on this rank's shard with max_time (the trainer's agreement)."""
+    X, y = regression_data(400)
+    rows = shard_indices(len(X), rank, world_size)
+    estimator = KFACRegressor(hidden_layer_sizes=(16,), batch_size=20, max_iter=10**6,
+                              tol=0.0, n_iter_no_change=10**6, max_time=0.5,
+                              random_state=0, device="cpu").fit(X[rows], y[rows])
+    return dict(stop_reason=estimator.stop_reason_, n_updates=estimator.n_updates_,
+                train_time=estimator.train_time_,
+                weights=[p.detach().clone() for p in estimator.model_.parameters()])
+
+
+def run_ranks(world_size=2):
+    with tempfile.TemporaryDirectory() as folder:
+        mp.start_processes(_rank, nprocs=world_size, start_method="spawn",
+                           args=(world_size, os.path.join(folder, "init"), folder))
+        return [torch.load(Path(folder) / f"rank{r}.pt") for r in range(world_size)]
+
+
+def test_two_ranks_make_the_updates_of_one_process_on_the_whole_batch():
+    """Also: an estimator with max_time on each rank's shard stops on the same update."""
+    ranks = run_ranks()
+    for name, (options, _) in CASES.items():
+        reference = train(options, False, slice(None))
+        adapted = {step["damping"] for step in reference}
+        assert len(adapted) > 2, "damping adaptation must take part"
+        for rank in ranks:
+            for mine, expected in zip(rank[name], reference):
+                for a, b in zip(mine["weights"], expected["weights"]):
+                    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+                assert mine["accepted"] == expected["accepted"]
+                for key in ("damping", "rho", "step_size", "momentum", "loss_before",
+                            "loss_after"):
+                    assert mine[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-13), key
+        # The ranks hold bit-identical weights: every decision was taken together.
+        for a, b in zip(ranks[0][name][-1]["weights"], ranks[1][name][-1]["weights"]):
+            assert torch.equal(a, b)
+    # With a time budget, the ranks stop on the same update (the slowest rank's clock).
+    budgeted = [rank["max_time"] for rank in ranks]
+    assert [b["stop_reason"] for b in budgeted] == ["max_time", "max_time"]
+    assert budgeted[0]["n_updates"] == budgeted[1]["n_updates"] > 1
+    assert budgeted[0]["train_time"] == budgeted[1]["train_time"] >= 0.5
+    for a, b in zip(budgeted[0]["weights"], budgeted[1]["weights"]):
+        assert torch.equal(a, b)
+
+
+def test_communicator_is_inactive_in_a_single_process():
+    comm = Communicator()
+    assert not comm.active and comm.world_size == 1
+    values = torch.tensor([1.0, 2.0])
+    comm.all_reduce([values])
+    assert values.tolist() == [1.0, 2.0] and comm.sum(5) == 5 and comm.max(2.5) == 2.5
+    total = torch.tensor(6.0)
+    assert comm.global_sum(total, 3) == (total, 3)
+    opt = KFAC(build_mlp(2, (), 1), "squared_error")
+    assert not opt.communicator.active
+
+
+def test_shards_have_equal_sizes_and_cover_the_rows():
+    shards = [shard_indices(11, r, 3) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]
+    assert sorted(np.concatenate(shards)) == list(range(9))
+
+
+def regression_data(n=80):
+    rng = np.random.RandomState(0)
+    X = rng.randn(n, 4)
+    return X, np.tanh(X @ rng.randn(4, 2)) + 0.1 * rng.randn(n, 2)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_fit_data_parallel_equals_a_single_process_fit():
+    """Unshuffled, rank r's share of batch k are the rows r, r+2, ... of it: same fit."""
+    X, y = regression_data()
+    estimator = KFACRegressor(hidden_layer_sizes=(6,), batch_size=40, max_iter=3,
+                              shuffle=False, fisher="exact", curvature_batch_size=None,
+                              dtype="float64", random_state=0, device="cpu")
+    parallel = fit_data_parallel(estimator, X, y, n_processes=2)
+    single = KFACRegressor(**estimator.get_params()).fit(X, y)
+    assert parallel.batch_size == 40 and not hasattr(estimator, "model_")
+    assert parallel.n_updates_ == single.n_updates_ == 6
+    np.testing.assert_allclose(parallel.loss_curve_, single.loss_curve_, rtol=1e-10)
+    np.testing.assert_allclose(parallel.predict(X), single.predict(X), rtol=1e-9,
+                               atol=1e-12)
+
+
+def test_fit_data_parallel_rejects_what_it_cannot_do():
+    X, y = regression_data()
+    with pytest.raises(ValueError, match="solver='kfac'"):
+        fit_data_parallel(KFACRegressor(solver="sgd"), X, y)
+    with pytest.raises(ValueError, match="multiple of n_processes"):
+        fit_data_parallel(KFACRegressor(batch_size=41), X, y)
+    with pytest.raises(ValueError, match="early_stopping"):
+        fit_data_parallel(KFACRegressor(early_stopping=True), X, y)
+    labels = np.array(["a", "b"] * 40)  # rank 0 gets every 'a', rank 1 every 'b'
+    with pytest.raises(ValueError, match=r"Rank 0's shard lacks classes \['b'\]"):
+        fit_data_parallel(KFACClassifier(batch_size=40), X, labels)
