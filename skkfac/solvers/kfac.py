@@ -686,11 +686,8 @@ class KFAC(Solver, torch.optim.Optimizer):
 
     def _take_step(self, k, decay, directions, gradients) -> StepReport:
         hyper, shared = self.hyper, self._shared
-        # The step is evaluated (loss after it, ρ, the rejection test: one forward pass
-        # on the curvature batch) every damping_adapt_interval updates, as Martens &
-        # Grosse (2015, §6.5) adapt λ every T₁ = 5; in between only its finiteness is.
-        check = k % hyper["damping_adapt_interval"] == 0
-        adapt = check and hyper["adapt_damping"] and hyper["damping_scheme"] != "max_norm"
+        adapt = (hyper["adapt_damping"] and hyper["damping_scheme"] != "max_norm"
+                 and k % hyper["damping_adapt_interval"] == 0)
         batch = self._curvature_batch()
         model = None
         if hyper["adaptive_step"]:
@@ -709,11 +706,6 @@ class KFAC(Solver, torch.optim.Optimizer):
             if adapt:
                 model = self._quadratic_model([steps], gradients, batch)
                 coefficients = self._scalar([1.0])
-        if not check:
-            accepted = self._apply_finite(steps)
-            self._after_step(accepted, steps, adapt=False, rho=None)
-            return StepReport(accepted=accepted, damping=shared["damping"],
-                              step_size=step_size, momentum=momentum)
         loss_before = model.loss if model is not None else self._curvature_loss(batch)
         accepted, loss_after = self._apply_checked(steps, batch, loss_before)
         rho = None
@@ -739,15 +731,6 @@ class KFAC(Solver, torch.optim.Optimizer):
         for p, old in zip(self.params, saved):
             p.copy_(torch.where(accepted, p, old))
         return accepted, loss_after
-
-    def _apply_finite(self, steps) -> torch.Tensor:
-        """Apply ``steps`` unless that makes a weight non-finite (decided on the device);
-        whether they were applied."""
-        updated = [p + s.to(p.dtype) for p, s in zip(self.params, self._param_steps(steps))]
-        accepted = torch.stack([torch.isfinite(u).all() for u in updated]).all()
-        for p, u in zip(self.params, updated):
-            p.copy_(torch.where(accepted, u, p))
-        return accepted
 
     def _after_step(self, accepted, steps, adapt, rho) -> None:
         """Damping and momentum after the update, decided on the device."""
@@ -814,20 +797,12 @@ class KFAC(Solver, torch.optim.Optimizer):
         scale = torch.clamp(torch.sqrt(kl_clip / fisher_norm.clamp_min(1e-30)), max=1.0)
         return [U * scale for U in updates]
 
-    def _param_steps(self, steps) -> list[torch.Tensor]:
-        """Per-layer ``[ΔW, Δb]`` steps split into one tensor per parameter (as
-        :attr:`params` lists them)."""
-        parts = []
+    def _apply(self, steps) -> None:
         for layer, step in zip(self.layers, steps):
             n_in = layer.in_features
-            parts.append(step[:, :n_in])
+            layer.weight.add_(step[:, :n_in].to(layer.weight.dtype))
             if layer.bias is not None:
-                parts.append(step[:, n_in])
-        return parts
-
-    def _apply(self, steps) -> None:
-        for p, step in zip(self.params, self._param_steps(steps)):
-            p.add_(step.to(p.dtype))
+                layer.bias.add_(step[:, n_in].to(layer.bias.dtype))
 
     # -- the exact quadratic model -------------------------------------------------------
     def _curvature_batch(self) -> CurvatureRows:
