@@ -120,7 +120,7 @@ class BaseKFACEstimator(BaseEstimator):
 
     def _effective_batch_size(self, n_samples: int) -> int:
         if self.batch_size == "auto":
-            return min(get_solver(self.solver).auto_batch_size, n_samples)
+            return min(self.solver_.preferred_batch_size(), n_samples)
         if self.batch_size > n_samples:
             warnings.warn(f"Got batch_size={self.batch_size} larger than the number of "
                           f"samples ({n_samples}); using {n_samples}.", UserWarning,

@@ -111,7 +111,7 @@ class KFAC(Solver, torch.optim.Optimizer):
         Carlo); ``'exact'``: the expectation over the model's distribution computed in
         closed form, one backward pass per output unit (cheap for few outputs);
         ``'empirical'``: the training labels (empirical Fisher, for comparison only).
-    curvature_batch_size : int or None, default=256
+    curvature_batch_size : int or None, default=128
         Estimate ``A``, ``G`` and the quadratic model on the first this many examples of
         each (artificial) batch; the gradient always uses all of them. Makes the cost of
         the curvature independent of the batch size.
@@ -195,12 +195,18 @@ class KFAC(Solver, torch.optim.Optimizer):
             "exact expectation (one backward per output), or the labels (empirical "
             "Fisher)."),
         Hyperparameter(
-            "curvature_batch_size", 256, [None, Interval(Integral, 1, None, closed="left")],
+            "curvature_batch_size", 128, [None, Interval(Integral, 1, None, closed="left")],
             "Estimate K-FAC's factors (and its quadratic model) on the first this many "
             "samples of each update's batch, artificial batches included; ``None``: all "
             "of them. Keeps the curvature's cost independent of the batch size."),
     )
-    auto_batch_size = 1000  # K-FAC wants large batches
+    auto_batch_size = 1000  # K-FAC wants large batches (the network decides: see below)
+    auto_batch_size_rule = (
+        "for 'kfac' the batch whose gradient costs at least as much as what the "
+        "curvature adds to an update (counted from the layer widths and "
+        "``curvature_batch_size``; 1000 for the MNIST autoencoder, 2250 for the study's "
+        "CIFAR-10 network: :doc:`/user_guide/batches`), rounded up to a multiple of 250 "
+        "and at most ``n_samples``;")
 
     recovers_from_divergence = True
 
@@ -212,7 +218,7 @@ class KFAC(Solver, torch.optim.Optimizer):
                  min_damping=1e-8, adaptive_step=True, kl_clip=None, stat_decay="linear",
                  momentum_rate=1.0,
                  momentum_max=0.6, momentum=None, inv_update_freq=10, fisher="sampled",
-                 curvature_batch_size=256, rejection_ratio=2.0, alpha=0.0,
+                 curvature_batch_size=128, rejection_ratio=2.0, alpha=0.0,
                  random_state=None):
         Solver.__init__(self, model, loss, alpha=alpha)
         if damping_scheme not in DAMPING_SCHEMES:
@@ -615,6 +621,59 @@ class KFAC(Solver, torch.optim.Optimizer):
             directions = self._precondition(gradients)
         with self.timer.phase("update"):
             return self._take_step(k, decay, directions, gradients)
+
+    # -- cost and batch_size='auto' -------------------------------------------------------
+    #: ``batch_size='auto'``: the curvature may add at most this share of the gradient's
+    #: work to an update (so an update costs at most twice SGD's, by count; measured
+    #: on the MNIST autoencoder against 0.5, see docs/user_guide/batches.rst).
+    AUTO_CURVATURE_SHARE = 1.0
+    #: ... and the batch is a multiple of this.
+    AUTO_BATCH_STEP = 250
+
+    def update_work(self) -> tuple[float, float]:
+        """Multiply-adds of an update: ``(per_example, fixed)``.
+
+        ``per_example``: the gradient's forward and backward pass (3 per weight), plus,
+        when the curvature uses every example (``curvature_batch_size=None``), the
+        curvature's work per row. ``fixed``: what does not grow with the batch — the
+        preconditioning ``G⁻¹ V A⁻¹`` (``out·in·(out + in)`` per layer, the full
+        product), the inverses amortised over ``inv_update_freq`` (``in³ + out³``), and
+        the curvature rows' work: the backward pass(es) for ``G`` (one per output unit
+        with ``fisher='exact'``), the sums ``āāᵀ`` and ``ggᵀ``, the quadratic model's
+        Jacobian-vector products (two per tangent) and the forward pass after the step
+        (the rejection test).
+        """
+        hyper = self.hyper
+        shapes = [(b.G_sum.shape[0], b.A_sum.shape[0]) for b in self.blocks]
+        weights = sum(o * a for o, a in shapes)
+        backwards = self.blocks[-1].G_sum.shape[0] if hyper["fisher"] == "exact" else 1
+        tangents = 2 if hyper["adaptive_step"] else 0
+        per_row = (weights * (backwards + 2 * tangents + 1)
+                   + sum(o * o + a * a for o, a in shapes))
+        fixed = sum(o * a * (o + a) + (o**3 + a**3) / hyper["inv_update_freq"]
+                    for o, a in shapes)
+        rows = hyper["curvature_batch_size"]
+        if rows is None:
+            return 3 * weights + per_row, fixed
+        return 3 * weights, fixed + per_row * rows
+
+    def preferred_batch_size(self) -> int:
+        """``batch_size='auto'``: the smallest multiple of :attr:`AUTO_BATCH_STEP` whose
+        gradient costs at least ``1 / AUTO_CURVATURE_SHARE`` times the fixed work of an
+        update (:meth:`update_work`).
+
+        Examples
+        --------
+        >>> from skkfac import KFAC
+        >>> from skkfac.nn import build_mlp
+        >>> autoencoder = build_mlp(784, (1000, 500, 250, 30, 250, 500, 1000), 784)
+        >>> KFAC(autoencoder).preferred_batch_size()
+        1000
+        """
+        per_example, fixed = self.update_work()
+        batch = fixed / (self.AUTO_CURVATURE_SHARE * per_example)
+        step = self.AUTO_BATCH_STEP
+        return max(step, step * math.ceil(batch / step))
 
     # -- preconditioning -----------------------------------------------------------------
     def _empty_gradient_rows(self) -> list | None:
