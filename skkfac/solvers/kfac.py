@@ -678,7 +678,8 @@ class KFAC(Solver, torch.optim.Optimizer):
     # -- preconditioning -----------------------------------------------------------------
     def _empty_gradient_rows(self) -> list | None:
         """``[]`` when the low-rank preconditioning may be used, else ``None``."""
-        usable = not self.alpha and DAMPING_SCHEMES[self.hyper["damping_scheme"]].factored
+        scheme = DAMPING_SCHEMES[self.hyper["damping_scheme"]]
+        usable = not self.alpha and getattr(scheme, "factored", False)
         return [] if usable else None
 
     def _keep_gradient_rows(self, n: int) -> bool:
