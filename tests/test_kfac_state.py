@@ -46,13 +46,18 @@ def test_state_dict_round_trip_continues_bit_for_bit(dtype, options):
     saved = torch.load(buffer)  # weights_only: plain tensors and numbers
 
     fresh_model, fresh = make(1, dtype, **options)  # another init and another seed
-    fresh_model.load_state_dict(saved["model"])
-    fresh.load_state_dict(saved["optimizer"])
-    train(opt, data[7:])
-    train(fresh, data[7:])
-    for a, b in zip(model.parameters(), fresh_model.parameters()):
+    assert_resumes_bit_for_bit(saved, (model, opt), (fresh_model, fresh), data[7:])
+
+
+def assert_resumes_bit_for_bit(saved, original, other, data):
+    """Load ``saved`` into ``other``; training both on ``data`` gives equal weights."""
+    other[0].load_state_dict(saved["model"])
+    other[1].load_state_dict(saved["optimizer"])
+    train(original[1], data)
+    train(other[1], data)
+    for a, b in zip(original[0].parameters(), other[0].parameters()):
         assert torch.equal(a, b)
-    assert torch.equal(opt.damping, fresh.damping)
+    assert torch.equal(original[1].damping, other[1].damping)
 
 
 def test_state_lives_in_state_and_hyperparameters_in_param_groups():
@@ -135,10 +140,4 @@ def test_state_dict_round_trip_with_the_low_rank_preconditioning():
     assert all(limit > 8 for limit in opt._low_rank_rows)
     train(opt, data[:5])
     saved = copy.deepcopy({"model": model.state_dict(), "optimizer": opt.state_dict()})
-    other_model, other = fresh(1)
-    other_model.load_state_dict(saved["model"])
-    other.load_state_dict(saved["optimizer"])
-    train(opt, data[5:])
-    train(other, data[5:])
-    for a, b in zip(model.parameters(), other_model.parameters()):
-        assert torch.equal(a, b)
+    assert_resumes_bit_for_bit(saved, (model, opt), fresh(1), data[5:])
