@@ -13,6 +13,7 @@ depend on the values. ``--network cifar10`` times the study's CIFAR-10 classifie
 from __future__ import annotations
 
 import argparse
+import inspect
 import resource
 import statistics
 import time
@@ -68,8 +69,9 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[250, 1000, 4096, 10000])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--inv-update-freq", type=int, default=10)
-    parser.add_argument("--curvature-batch-size", type=int, default=256,
-                        help="K-FAC curvature_batch_size (0: the whole batch)")
+    parser.add_argument("--curvature-batch-size", type=int, default=None,
+                        help="K-FAC curvature_batch_size (0: the whole batch; default: "
+                             "K-FAC's default)")
     parser.add_argument("--damping-scheme", default="tikhonov")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -77,6 +79,9 @@ def main(argv=None):
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     n_inputs, hidden, n_outputs, loss = NETWORKS[args.network]
+    if args.curvature_batch_size is None:
+        args.curvature_batch_size = inspect.signature(KFAC).parameters[
+            "curvature_batch_size"].default
     widths = "-".join(map(str, (n_inputs, *hidden, n_outputs)))
     print(f"{args.network} {widths} on {device}, {torch.get_num_threads()} threads; "
           f"K-FAC: {args.damping_scheme}, inv_update_freq={args.inv_update_freq}, "

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from skkfac import KFAC, KFACRegressor
-from skkfac.curvature import stat_decay
+from skkfac.curvature import DAMPING_SCHEMES, stat_decay
 from skkfac.losses import CrossEntropy, SquaredError
 from skkfac.nn import build_mlp
 
@@ -229,6 +229,43 @@ def test_artificial_batch_equals_concatenated_batch(fisher):
     parts = run([slice(0, 4), slice(4, 7), slice(7, 9)])
     for a, b in zip(whole, parts):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("scheme", ["tikhonov", "max_norm"])
+def test_low_rank_preconditioning_equals_the_full_product(scheme, monkeypatch):
+    """G⁻¹ (Σ gᵢ āᵢᵀ/m) A⁻¹ computed as (G⁻¹ Gbᵀ)(Ab A⁻¹)/m, for a batch narrower than
+    the layers, equals the full product: on one block, and over updates of a network
+    fed micro-batches (an artificial batch) against the concatenated batch without it."""
+    g = torch.Generator().manual_seed(3)
+    a, grads = torch.randn(50, 9, generator=g), torch.randn(50, 7, generator=g)
+    inverse = DAMPING_SCHEMES[scheme](a.T @ a / 50, grads.T @ grads / 50, 0.01)
+    left, right = torch.randn(7, 4, generator=g), torch.randn(4, 9, generator=g)
+    torch.testing.assert_close(inverse.apply_outer(left, right), inverse.apply(left @ right))
+
+    calls = []
+    original = DAMPING_SCHEMES[scheme].apply_outer
+    monkeypatch.setattr(DAMPING_SCHEMES[scheme], "apply_outer",
+                        lambda self, *args: calls.append(1) or original(self, *args))
+    X, y = data(n=9, n_in=12, n_out=12)
+
+    def run(splits, low_rank):
+        model = small_net(n_in=12, hidden=(40,), n_out=12)
+        opt = KFAC(model, "squared_error", fisher="exact", damping_scheme=scheme,
+                   damping_adapt_interval=2, random_state=0)
+        if not low_rank:
+            opt._low_rank_rows = [0] * len(opt.layers)
+        for _ in range(4):
+            for part in splits:
+                opt.accumulate(X[part], y[part])
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    full = run([slice(0, 9)], low_rank=False)
+    assert not calls
+    low_rank = run([slice(0, 4), slice(4, 9)], low_rank=True)
+    assert len(calls) == 4 * 2  # both layers, every update
+    for p, q in zip(full, low_rank):
+        torch.testing.assert_close(p, q)
 
 
 def test_running_average_schedules():

@@ -84,3 +84,20 @@ def test_counter_sees_reads():
         float(torch.ones(()))
         bool(torch.ones(()) > 0)
     assert reads == ["__float__", "__bool__"]
+
+
+def test_low_rank_preconditioning_reads_nothing_more():
+    """16-row batches: the 64-32 and 32-64 layers take the low-rank route."""
+    X = torch.rand(16, 64, generator=torch.Generator().manual_seed(1))
+    opt = autoencoder(inv_update_freq=3, damping_adapt_interval=2)
+    assert max(opt._low_rank_rows) > 16
+    for _ in range(2):
+        opt.accumulate(X, X)
+        opt.step()
+    per_update = []
+    for _ in range(6):
+        with count_host_reads() as reads:
+            opt.accumulate(X, X)
+            opt.step()
+        per_update.append(len(reads))
+    assert max(per_update) <= 1, per_update

@@ -129,7 +129,7 @@ class BaseKFACEstimator(BaseEstimator):
     def _effective_batch_size(self, n_samples: int) -> int:
         if self.batch_size == "auto":
             # An update may not hold fewer samples than one mini-batch.
-            return min(get_solver(self.solver).auto_batch_size, n_samples,
+            return min(self.solver_.preferred_batch_size(), n_samples,
                        self.artificial_batch_size or n_samples)
         if self.batch_size > n_samples:
             warnings.warn(f"Got batch_size={self.batch_size} larger than the number of "

@@ -217,8 +217,9 @@ def _own_entry(name: str) -> tuple[str, str]:
             for solver, cls in SOLVERS.items())
         text += " The parameters below that name a solver only apply to it."
     if name == "batch_size":
-        sizes = ", ".join(f"``min({cls.auto_batch_size}, n_samples)`` for {name!r}"
-                          for name, cls in SOLVERS.items())
+        sizes = ", ".join(
+            (cls.auto_batch_size_rule or f"``min({cls.auto_batch_size}, n_samples)``")
+            + f" for {name!r}" for name, cls in SOLVERS.items())
         text = f"Samples per mini-batch; 'auto' is {sizes}."
     return type_line, text
 

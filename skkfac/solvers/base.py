@@ -47,8 +47,12 @@ class Solver:
     name: ClassVar[str]
     #: The keyword arguments the estimators pass, each declared once.
     hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = ()
-    #: ``batch_size='auto'`` in the estimators is ``min(auto_batch_size, n_samples)``.
+    #: ``batch_size='auto'`` in the estimators is ``min(auto_batch_size, n_samples)``
+    #: (unless the solver's :meth:`preferred_batch_size` says otherwise).
     auto_batch_size: ClassVar[int] = 200
+    #: How ``batch_size='auto'`` is chosen, for the estimators' docs (``None``: the line
+    #: above).
+    auto_batch_size_rule: ClassVar[str | None] = None
     #: Whether a diverged update can be undone and training continued.
     recovers_from_divergence = False
 
@@ -63,6 +67,11 @@ class Solver:
         self.n_accumulated = 0
         self.phase_times: dict[str, float] = {}
         self._backup: list[torch.Tensor] | None = None
+
+    def preferred_batch_size(self) -> int:
+        """The mini-batch size ``batch_size='auto'`` asks for (before the ``n_samples``
+        cap): :attr:`auto_batch_size`."""
+        return self.auto_batch_size
 
     # -- accumulation --------------------------------------------------------------
     def accumulate(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

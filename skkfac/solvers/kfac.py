@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from numbers import Integral, Real
 from typing import NamedTuple
 
@@ -121,7 +121,7 @@ class KFAC(Solver, torch.optim.Optimizer):
         Carlo); ``'exact'``: the expectation over the model's distribution computed in
         closed form, one backward pass per output unit (cheap for few outputs);
         ``'empirical'``: the training labels (empirical Fisher, for comparison only).
-    curvature_batch_size : int or None, default=256
+    curvature_batch_size : int or None, default=128
         Estimate ``A``, ``G`` and the quadratic model on the first this many examples of
         each (artificial) batch; the gradient always uses all of them. Makes the cost of
         the curvature independent of the batch size.
@@ -218,12 +218,18 @@ class KFAC(Solver, torch.optim.Optimizer):
             "exact expectation (one backward per output), or the labels (empirical "
             "Fisher)."),
         Hyperparameter(
-            "curvature_batch_size", 256, [None, Interval(Integral, 1, None, closed="left")],
+            "curvature_batch_size", 128, [None, Interval(Integral, 1, None, closed="left")],
             "Estimate K-FAC's factors (and its quadratic model) on the first this many "
             "samples of each update's batch, artificial batches included; ``None``: all "
             "of them. Keeps the curvature's cost independent of the batch size."),
     )
-    auto_batch_size = 1000  # K-FAC wants large batches
+    auto_batch_size = 1000  # K-FAC wants large batches (the network decides: see below)
+    auto_batch_size_rule = (
+        "for 'kfac' the batch whose gradient costs at least as much as what the "
+        "curvature adds to an update (counted from the layer widths and "
+        "``curvature_batch_size``; 1000 for the MNIST autoencoder, 2250 for the study's "
+        "CIFAR-10 network: :doc:`/user_guide/batches`), rounded up to a multiple of 250 "
+        "and at most ``n_samples``;")
 
     recovers_from_divergence = True
 
@@ -235,7 +241,7 @@ class KFAC(Solver, torch.optim.Optimizer):
                  min_damping=1e-8, adaptive_step=True, kl_clip=None, stat_decay="linear",
                  momentum_rate=1.0,
                  momentum_max=0.6, momentum=None, inv_update_freq=10, fisher="sampled",
-                 curvature_batch_size=256, rejection_ratio=2.0, alpha=0.0,
+                 curvature_batch_size=128, rejection_ratio=2.0, alpha=0.0,
                  random_state=None, process_group=None, distribute_inverses=True):
         # data-parallel: a DistributedDataParallel wrapper only runs accumulate's
         # forward passes (its backward averages the gradients); K-FAC's own forward
@@ -283,6 +289,8 @@ class KFAC(Solver, torch.optim.Optimizer):
         self.timer = PhaseTimer(self.PHASES, self.device)
         self.last_report: StepReport | None = None
         self._curvature_rows: list[CurvatureRows] = []
+        self._low_rank_rows = self._low_rank_limits()
+        self._gradient_rows = self._empty_gradient_rows()
         self._fast_jvp = supports_fast_jvp(model)
         # EKFAC: per-example rows of the curvature batch, folded in at each step.
         self.ekfac = EKFACStatistics() if damping_scheme == "ekfac" else None
@@ -499,22 +507,32 @@ class KFAC(Solver, torch.optim.Optimizer):
         n = X.shape[0]
         n_curvature = n if limit is None else max(
             0, min(n, limit - self.n_curvature_examples))
+        keep_rows = self._keep_gradient_rows(n)
+        chunks = []  # (inputs, outputs) of the forward passes whose rows are kept
         with self.timer.phase("forward_backward"):
             loss_sum = None
             if n_curvature:
                 with self._capture_layers() as (inputs, outputs):
                     output = self._train_model(X[:n_curvature])
                 loss_sum = self.loss.per_example(output, y[:n_curvature]).sum()
+                if keep_rows:
+                    chunks.append((list(inputs), list(outputs)))
             if n_curvature < n:
-                rest = self.loss.per_example(self._train_model(X[n_curvature:]),
-                                             y[n_curvature:]).sum()
+                capture = self._capture_layers() if keep_rows else nullcontext(([], []))
+                with capture as (rest_inputs, rest_outputs):
+                    rest_output = self._train_model(X[n_curvature:])
+                rest = self.loss.per_example(rest_output, y[n_curvature:]).sum()
                 loss_sum = rest if loss_sum is None else loss_sum + rest
+                if keep_rows:
+                    chunks.append((rest_inputs, rest_outputs))
         if n_curvature:
             with self.timer.phase("statistics"):
                 self._add_statistics(output, y[:n_curvature], inputs, outputs)
                 self._curvature_rows.append(CurvatureRows(
                     X[:n_curvature], y[:n_curvature], list(inputs), output.detach()))
             outputs.clear()
+        for chunk_inputs, chunk_outputs in chunks:  # after the statistics' own backward
+            self._gradient_rows.append(_watch_output_gradients(chunk_inputs, chunk_outputs))
         with self.timer.phase("forward_backward"):
             loss_sum.backward()
         self.n_accumulated += n
@@ -607,21 +625,6 @@ class KFAC(Solver, torch.optim.Optimizer):
                                                                       damping)
         self.state[self.layers[index].weight]["inverse"] = block.inverse.tensors()
 
-    def _precondition(self, gradients) -> list[torch.Tensor]:
-        """The K-FAC directions ``-(A ⊗ G)⁻¹ ∇`` of every layer. Data-parallel with
-        ``distribute_inverses``: each rank computes its own layers' and broadcasts them."""
-        comm = self.communicator
-        shared_out = comm.active and self.distribute_inverses
-        directions = [
-            torch.empty_like(V) if shared_out and comm.owner(index) != comm.rank else
-            torch.nan_to_num_(block.inverse.apply(V).neg_(), 0.0, 0.0, 0.0).contiguous()
-            for index, (block, V) in enumerate(zip(self.blocks, gradients))]
-        if shared_out:
-            for owner in range(comm.world_size):
-                comm.broadcast([d for index, d in enumerate(directions)
-                                if comm.owner(index) == owner], src=owner)
-        return directions
-
     def _invert_shared_out(self, damping: torch.Tensor) -> None:
         """Data-parallel: each rank inverts the layers it owns, then receives the others."""
 
@@ -699,6 +702,141 @@ class KFAC(Solver, torch.optim.Optimizer):
             directions = self._precondition(gradients)
         with self.timer.phase("update"):
             return self._take_step(k, decay, directions, gradients)
+
+    # -- cost and batch_size='auto' -------------------------------------------------------
+    #: ``batch_size='auto'``: the curvature may add at most this share of the gradient's
+    #: work to an update (so an update costs at most twice SGD's, by count; measured
+    #: on the MNIST autoencoder against 0.5, see docs/user_guide/batches.rst).
+    AUTO_CURVATURE_SHARE = 1.0
+    #: ... and the batch is a multiple of this.
+    AUTO_BATCH_STEP = 250
+
+    def update_work(self) -> tuple[float, float]:
+        """Multiply-adds of an update: ``(per_example, fixed)``.
+
+        ``per_example``: the gradient's forward and backward pass (3 per weight), plus,
+        when the curvature uses every example (``curvature_batch_size=None``), the
+        curvature's work per row. ``fixed``: what does not grow with the batch — the
+        preconditioning ``G⁻¹ V A⁻¹`` (``out·in·(out + in)`` per layer, the full
+        product), the inverses amortised over ``inv_update_freq`` (``in³ + out³``), and
+        the curvature rows' work: the backward pass(es) for ``G`` (one per output unit
+        with ``fisher='exact'``), the sums ``āāᵀ`` and ``ggᵀ``, the quadratic model's
+        Jacobian-vector products (two per tangent) and the forward pass after the step
+        (the rejection test).
+        """
+        hyper = self.hyper
+        shapes = [(b.G_sum.shape[0], b.A_sum.shape[0]) for b in self.blocks]
+        weights = sum(o * a for o, a in shapes)
+        backwards = self.blocks[-1].G_sum.shape[0] if hyper["fisher"] == "exact" else 1
+        tangents = 2 if hyper["adaptive_step"] else 0
+        per_row = (weights * (backwards + 2 * tangents + 1)
+                   + sum(o * o + a * a for o, a in shapes))
+        fixed = sum(o * a * (o + a) + (o**3 + a**3) / hyper["inv_update_freq"]
+                    for o, a in shapes)
+        rows = hyper["curvature_batch_size"]
+        if rows is None:
+            return 3 * weights + per_row, fixed
+        return 3 * weights, fixed + per_row * rows
+
+    def preferred_batch_size(self) -> int:
+        """``batch_size='auto'``: the smallest multiple of :attr:`AUTO_BATCH_STEP` whose
+        gradient costs at least ``1 / AUTO_CURVATURE_SHARE`` times the fixed work of an
+        update (:meth:`update_work`).
+
+        Examples
+        --------
+        >>> from skkfac import KFAC
+        >>> from skkfac.nn import build_mlp
+        >>> autoencoder = build_mlp(784, (1000, 500, 250, 30, 250, 500, 1000), 784)
+        >>> KFAC(autoencoder).preferred_batch_size()
+        1000
+        """
+        per_example, fixed = self.update_work()
+        batch = fixed / (self.AUTO_CURVATURE_SHARE * per_example)
+        step = self.AUTO_BATCH_STEP
+        return max(step, step * math.ceil(batch / step))
+
+    # -- preconditioning -----------------------------------------------------------------
+    def _empty_gradient_rows(self) -> list | None:
+        """``[]`` when the low-rank preconditioning may be used, else ``None``."""
+        scheme = DAMPING_SCHEMES[self.hyper["damping_scheme"]]
+        usable = not self.alpha and getattr(scheme, "factored", False)
+        return [] if usable else None
+
+    def _keep_gradient_rows(self, n: int) -> bool:
+        """Whether this micro-batch's per-example ``a`` and ``g`` are kept for the
+        low-rank preconditioning: only while the update's batch stays small enough for
+        it to pay off on some layer (see :meth:`_precondition`)."""
+        if self._gradient_rows is None:
+            return False
+        if self.n_accumulated + n >= max(self._low_rank_rows, default=0):
+            self._gradient_rows = None
+            return False
+        return True
+
+    def _precondition(self, gradients) -> list[torch.Tensor]:
+        """The K-FAC directions ``-G⁻¹ ∇W̄ A⁻¹`` of every layer.
+
+        The mean gradient of ``m`` examples is ``∇W̄ = Σᵢ gᵢ āᵢᵀ / m``, of rank ``m`` at
+        most, so ``G⁻¹ ∇W̄ A⁻¹ = (G⁻¹ [g₁ … gₘ]) ([ā₁ … āₘ]ᵀ A⁻¹) / m``: exact, and
+        ``O(m (out² + in² + out·in))`` instead of ``O(out·in·(out + in))``. That route is
+        taken for the layers where it is cheaper (batches smaller than about 2/3 of the
+        layer's width), when the factor inverses are explicit (``'tikhonov'``,
+        ``'max_norm'``), without an L2 term (its ``αW`` has full rank) and when every row
+        of the gradient is in this process.
+
+        Data-parallel with ``distribute_inverses``: each rank computes the directions of
+        the layers it owns and broadcasts them.
+        """
+        comm = self.communicator
+        shared_out = comm.active and self.distribute_inverses
+        outer = self._gradient_outer_factors()
+        directions = []
+        for index, (block, V) in enumerate(zip(self.blocks, gradients)):
+            if shared_out and comm.owner(index) != comm.rank:
+                directions.append(torch.empty_like(V))
+                continue
+            if outer[index] is not None:
+                direction = block.inverse.apply_outer(*outer[index])
+            else:
+                direction = block.inverse.apply(V)
+            directions.append(torch.nan_to_num_(direction.neg_(), 0.0, 0.0, 0.0).contiguous())
+        if shared_out:
+            for owner in range(comm.world_size):
+                comm.broadcast([d for index, d in enumerate(directions)
+                                if comm.owner(index) == owner], src=owner)
+        return directions
+
+    def _gradient_outer_factors(self) -> list:
+        """Per layer, ``(left, right)`` with ``left @ right`` the mean gradient (or
+        ``None`` where the full gradient is used)."""
+        rows, m = self._gradient_rows, self.n_accumulated
+        unused = [None] * len(self.layers)
+        # Data-parallel runs hold only this rank's rows: the full product there.
+        if (not rows or self.communicator.active
+                or any(g is None for _, grads in rows for g in grads)):
+            return unused
+        factors = []
+        for index, layer in enumerate(self.layers):
+            if m >= self._low_rank_rows[index]:
+                factors.append(None)
+                continue
+            a = torch.cat([inputs[index] for inputs, _ in rows]).to(self.factor_dtype)
+            g = torch.cat([grads[index] for _, grads in rows]).to(self.factor_dtype)
+            right = a / m
+            if layer.bias is not None:
+                right = torch.cat([right, right.new_full((m, 1), 1.0 / m)], dim=1)
+            factors.append((g.T, right))
+        return factors
+
+    def _low_rank_limits(self) -> list[int]:
+        """Per layer, the batch size below which :meth:`_precondition`'s low-rank route
+        costs fewer multiply-adds than the full product."""
+        limits = []
+        for block in self.blocks:
+            n_out, n_a = block.G_sum.shape[0], block.A_sum.shape[0]
+            limits.append(n_out * n_a * (n_out + n_a) // (n_out**2 + n_a**2 + n_out * n_a))
+        return limits
 
     def _take_step(self, k, decay, directions, gradients) -> StepReport:
         hyper, shared = self.hyper, self._shared
@@ -900,6 +1038,7 @@ class KFAC(Solver, torch.optim.Optimizer):
         super()._reset_accumulation()
         self.n_curvature_examples = 0
         self._curvature_rows = []
+        self._gradient_rows = self._empty_gradient_rows()
         for block in self.blocks:
             block.reset_sums()
         if self.ekfac is not None:
@@ -943,6 +1082,17 @@ class QuadraticModel(NamedTuple):
     linear: torch.Tensor
     linear_curvature: torch.Tensor
     loss: torch.Tensor
+
+
+def _watch_output_gradients(inputs, outputs) -> tuple[list, list]:
+    """``(inputs, gradients)``: the gradients list is filled, layer by layer, with the
+    gradient of the next backward pass with respect to each of ``outputs``."""
+    gradients = [None] * len(outputs)
+    for index, output in enumerate(outputs):
+        def store(gradient, index=index):
+            gradients[index] = gradient.detach()
+        output.register_hook(store)
+    return inputs, gradients
 
 
 def _inner(xs, ys) -> torch.Tensor:
