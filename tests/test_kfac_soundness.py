@@ -383,3 +383,16 @@ def test_adaptive_step_with_a_curvature_subset_uses_its_fisher_and_the_full_grad
     alpha = -(grad @ d) / (d @ F @ d + captured["damping"] * d @ d)
     assert report["step_size"] == pytest.approx(float(alpha), rel=1e-8)
     assert report["momentum"] == 0.0  # no previous step yet
+
+
+def test_a_predicted_increase_on_the_curvature_rows_leaves_the_damping_alone():
+    """The step is chosen with the whole batch's gradient; on the curvature rows alone the
+    model may predict an increase. That is mini-batch noise, not evidence against the
+    damping: ρ is NaN and Levenberg–Marquardt keeps λ (a ρ of -inf used to raise it)."""
+    from skkfac.curvature.control import levenberg_marquardt, reduction_ratio
+
+    rho = reduction_ratio(torch.tensor(0.3), torch.tensor(0.2))
+    assert torch.isnan(rho)
+    damping = torch.tensor(0.1)
+    assert float(levenberg_marquardt(damping, rho, 0.77, 1e-8)) == pytest.approx(0.1)
+    assert float(reduction_ratio(torch.tensor(-0.1), torch.tensor(-0.2))) == pytest.approx(0.5)

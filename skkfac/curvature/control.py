@@ -60,12 +60,24 @@ def minimise_plane_model(matrix: torch.Tensor, linear: torch.Tensor) -> torch.Te
 
 
 def reduction_ratio(actual: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
-    """``ρ = actual / predicted`` for a predicted decrease; ``-inf`` when the model
-    predicted an increase and NaN (no evidence) for a zero step."""
-    safe = torch.where(predicted != 0, predicted, torch.ones_like(predicted))
-    return torch.where(predicted < 0, actual / safe,
-                       torch.where(predicted > 0, torch.full_like(actual, -torch.inf),
-                                   torch.full_like(actual, torch.nan)))
+    """``ρ = actual / predicted`` for a predicted decrease, else NaN (no evidence).
+
+    The model is evaluated on the curvature rows with their own gradient, while the step
+    was chosen with the whole batch's: when the batch is larger than the curvature rows,
+    the step need not be a descent direction for those rows, and a predicted increase
+    says more about mini-batch noise than about the damping. Measured on random data with
+    128 of 1000 rows, counting it as ``ρ = -inf`` raised λ from 0.1 to 280 in 20 updates;
+    a step that really harms is undone by the rejection test instead.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skkfac.curvature.control import reduction_ratio
+    >>> [float(reduction_ratio(torch.tensor(-1.0), torch.tensor(p))) for p in (-2.0, 0.0, 1.0)]
+    [0.5, nan, nan]
+    """
+    safe = torch.where(predicted < 0, predicted, torch.ones_like(predicted))
+    return torch.where(predicted < 0, actual / safe, torch.full_like(actual, torch.nan))
 
 
 def levenberg_marquardt(damping: torch.Tensor, rho: torch.Tensor, omega: float,
