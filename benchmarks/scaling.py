@@ -131,7 +131,9 @@ def write_summary(out: Path, scaling: pd.DataFrame, inverses: pd.DataFrame, *,
         f"training per run, one torch thread per rank, gloo. Load average (1 min) "
         f"before / after: {loads[0]:.2f} / {loads[1]:.2f} on {os.cpu_count()} cores"
         + (" — a **loaded, shared machine**: compare the ratios, not the absolute "
-           "numbers." if max(loads) > 0.5 else "."),
+           "numbers." if loads[0] > 1.0 else " (the load before the runs is the "
+           "machine's: under one core busy means no other job was running; the runs "
+           "themselves raise it)."),
         "",
         ".. list-table::",
         "   :header-rows: 1",
