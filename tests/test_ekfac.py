@@ -320,17 +320,13 @@ def test_cuda_updates_between_refreshes_do_not_synchronise():
 
 @needs_cuda
 def test_cuda_update_matches_cpu():
-    X, y = batch("cross_entropy", n=32)
-    results = []
-    for device in ("cpu", "cuda"):
+    from test_kfac_cuda import assert_same_updates_on_cpu_and_cuda
+
+    def build(device):
         model = network().to(device)
-        opt = plain(model, "cross_entropy", fisher="empirical", inv_update_freq=2)
-        for _ in range(4):
-            opt.accumulate(X.to(device), y.to(device))
-            opt.step()
-        results.append([p.detach().cpu() for p in model.parameters()])
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+        return model, plain(model, "cross_entropy", fisher="empirical", inv_update_freq=2)
+
+    assert_same_updates_on_cpu_and_cuda(build, *batch("cross_entropy", n=32))
 
 
 def test_optimizer_pickles_with_its_statistics_and_keeps_training():

@@ -40,20 +40,28 @@ def autoencoder(**kwargs):
     return KFAC(model, "squared_error", random_state=0, **kwargs)
 
 
+def reads_per_update(opt, X, updates):
+    """Host reads of each of ``updates`` accumulate + step calls, after two warm-up
+    updates (the first one is a scheduled refresh anyway); also the last report."""
+    for _ in range(2):
+        opt.accumulate(X, X)
+        opt.step()
+    per_update = []
+    for _ in range(updates):
+        with count_host_reads() as reads:
+            opt.accumulate(X, X)
+            report = opt.step()
+        per_update.append(len(reads))
+    return per_update, report
+
+
 @pytest.mark.parametrize("options", [{}, {"curvature_batch_size": None},
                                      {"adaptive_step": False, "kl_clip": 0.01}])
 def test_a_kfac_update_reads_at_most_one_value_from_the_device(options):
     X = torch.rand(300, 64, generator=torch.Generator().manual_seed(1))
     opt = autoencoder(inv_update_freq=3, damping_adapt_interval=2, **options)
-    for _ in range(2):  # warm-up: the first update is a scheduled refresh anyway
-        opt.accumulate(X, X)
-        opt.step()
-    per_update = []
-    for _ in range(9):  # covers refresh and adaptation updates, and those between
-        with count_host_reads() as reads:
-            opt.accumulate(X, X)
-            report = opt.step()
-        per_update.append(len(reads))
+    # 9 updates cover refresh and adaptation updates, and those between.
+    per_update, report = reads_per_update(opt, X, 9)
     assert max(per_update) <= 1, per_update
     assert report.fetch()["accepted"]  # fetch itself: one transfer, by the caller
 
@@ -64,16 +72,10 @@ def test_ekfac_adds_no_read_to_an_update():
     its eigenvalues on the host), so the updates counted here are those between them."""
     X = torch.rand(300, 64, generator=torch.Generator().manual_seed(1))
     opt = autoencoder(damping_scheme="ekfac", inv_update_freq=100, damping_adapt_interval=2)
-    for _ in range(2):
-        opt.accumulate(X, X)
-        opt.step()
+    opt.accumulate(X, X)
+    opt.step()  # the first update computes the inverses kept below
     inverses = [block.inverse for block in opt.blocks]
-    per_update = []
-    for _ in range(6):
-        with count_host_reads() as reads:
-            opt.accumulate(X, X)
-            opt.step()
-        per_update.append(len(reads))
+    per_update, _ = reads_per_update(opt, X, 6)
     assert [block.inverse for block in opt.blocks] == inverses  # no refresh in between
     assert max(per_update) <= 1, per_update
     assert all(bool(inverse.estimated) for inverse in inverses)
@@ -91,13 +93,5 @@ def test_low_rank_preconditioning_reads_nothing_more():
     X = torch.rand(16, 64, generator=torch.Generator().manual_seed(1))
     opt = autoencoder(inv_update_freq=3, damping_adapt_interval=2)
     assert max(opt._low_rank_rows) > 16
-    for _ in range(2):
-        opt.accumulate(X, X)
-        opt.step()
-    per_update = []
-    for _ in range(6):
-        with count_host_reads() as reads:
-            opt.accumulate(X, X)
-            opt.step()
-        per_update.append(len(reads))
+    per_update, _ = reads_per_update(opt, X, 6)
     assert max(per_update) <= 1, per_update
