@@ -138,13 +138,16 @@ def linear_jvp(model: nn.Sequential, inputs, output: torch.Tensor, tangent_sets,
     for module in model:
         if isinstance(module, nn.Linear):
             a = inputs[index].to(dtype)
-            dW = torch.stack([t[index] for t in tangent_sets]).to(dtype)  # (T, out, in[+1])
             n_in = module.in_features
-            ds = torch.matmul(a, dW[:, :, :n_in].transpose(1, 2))
+            # One product per tangent on views of its [dW, db] (stacking the tangents
+            # would copy every weight-sized matrix), then one GEMM for all of them.
+            ds = torch.stack([a @ t[index][:, :n_in].to(dtype).T for t in tangent_sets])
             if module.bias is not None:
-                ds += dW[:, None, :, n_in]
+                ds += torch.stack([t[index][:, n_in].to(dtype) for t in tangent_sets])[:, None]
             if da is not None:
-                ds += torch.matmul(da, module.weight.to(dtype).T)
+                n_tangents, n_rows, _ = da.shape
+                ds.view(n_tangents * n_rows, -1).addmm_(
+                    da.reshape(n_tangents * n_rows, -1), module.weight.to(dtype).T)
             da = ds
             index += 1
         elif isinstance(module, _ELEMENTWISE) and da is not None:

@@ -134,6 +134,24 @@ def test_damping_adaptation_moves_the_right_way_for_a_known_rho(c, direction):
     assert report["damping"] == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(("damping", "min_damping", "floor"),
+                         [(0.1, 0.05, 0.05), (0.01, 0.05, 0.01)])
+def test_damping_adaptation_stops_at_the_floor(damping, min_damping, floor):
+    """ρ = 4 every update (the model is trusted): λ shrinks by 19/20 per update down to
+    min(min_damping, initial damping), never below, and never up to it."""
+    X, Y = least_squares_data()
+    opt = KFAC(nn.Linear(4, 2), ScaledSquaredError(4.0), fisher="exact", damping=damping,
+               min_damping=min_damping, damping_adapt_interval=1,
+               curvature_batch_size=None, random_state=0)
+    dampings = []
+    for _ in range(20):
+        opt.accumulate(X, Y)
+        dampings.append(opt.step().fetch()["damping"])
+    assert dampings[0] == pytest.approx(max(damping * 19 / 20, floor))
+    assert all(later <= earlier for earlier, later in zip(dampings, dampings[1:]))
+    assert dampings[-1] == pytest.approx(floor)
+
+
 def test_levenberg_marquardt_bounds():
     d = torch.tensor(1e-8)
     assert float(levenberg_marquardt(d, torch.tensor(1.0), 0.5, 1e-8)) == 1e-8

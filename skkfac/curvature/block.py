@@ -48,12 +48,14 @@ class KroneckerBlock:
         self.A: torch.Tensor | None = None
         self.G: torch.Tensor | None = None
         self.inverse = None
+        self._sums_dirty = False  # whether the sums hold anything to zero
 
     def add_inputs(self, a: torch.Tensor) -> None:
         """Add ``Σ ā āᵀ`` over the rows of ``a`` (``ā = [a, 1]`` with a bias) without
         concatenating."""
         a = a.to(self.A_sum.dtype)
         d = a.shape[1]
+        self._sums_dirty = True
         self.A_sum[:d, :d].addmm_(a.T, a)
         if self.bias:
             column = a.sum(dim=0)
@@ -64,19 +66,22 @@ class KroneckerBlock:
     def add_output_gradients(self, g: torch.Tensor) -> None:
         """Add ``Σ g gᵀ`` over the rows of ``g`` (per-example pre-activation gradients)."""
         g = g.to(self.G_sum.dtype)
+        self._sums_dirty = True
         self.G_sum.addmm_(g.T, g)
 
     def update_running_averages(self, n_examples: int, decay: float) -> None:
-        """Fold the summed statistics of ``n_examples`` into the running averages."""
-        A_batch = self.A_sum / n_examples
-        G_batch = self.G_sum / n_examples
+        """Fold the summed statistics of ``n_examples`` into the running averages (in
+        place, without a temporary: the factors of a wide network are tens of MB)."""
         if self.A is None:
-            self.A, self.G = A_batch, G_batch
+            self.A, self.G = self.A_sum / n_examples, self.G_sum / n_examples
         else:
-            self.A.mul_(decay).add_(A_batch, alpha=1.0 - decay)
-            self.G.mul_(decay).add_(G_batch, alpha=1.0 - decay)
+            self.A.mul_(decay).add_(self.A_sum, alpha=(1.0 - decay) / n_examples)
+            self.G.mul_(decay).add_(self.G_sum, alpha=(1.0 - decay) / n_examples)
         self.reset_sums()
 
     def reset_sums(self) -> None:
-        self.A_sum.zero_()
-        self.G_sum.zero_()
+        """Zero the sums (a no-op when nothing was added since they were last zeroed)."""
+        if self._sums_dirty:
+            self.A_sum.zero_()
+            self.G_sum.zero_()
+            self._sums_dirty = False

@@ -95,8 +95,12 @@ class KFAC(Solver, torch.optim.Optimizer):
         ``damping_adapt_interval`` updates (Martens & Grosse 2015, §6.5; kfac-jax).
     damping_adapt_interval : int, default=5
         Updates between two Levenberg–Marquardt adjustments.
-    min_damping : float, default=1e-8
-        Lower bound of the adapted (relative) ``λ``.
+    min_damping : float, default=1e-2
+        Lower bound of the adapted (relative) ``λ``; a smaller initial ``damping`` lowers
+        the bound to it. The quadratic model that judges a step (``ρ``) is measured on the
+        same ``curvature_batch_size`` rows whose curvature chose it, so it is optimistic:
+        without a floor the damping fell to ~5e-4 on the MNIST autoencoder and the
+        held-out loss spiked 2-6x (see ``docs/user_guide/damping.rst``).
     adaptive_step : bool, default=True
         Choose the step size and the momentum of every update by minimising the exact
         (Gauss–Newton) quadratic model ``M(δ) = ∇ᵀδ + ½ δᵀ(F + λI)δ`` in the plane of the
@@ -238,7 +242,7 @@ class KFAC(Solver, torch.optim.Optimizer):
 
     def __init__(self, model, loss="squared_error", *, lr=1.0, damping=0.1,
                  damping_scheme="tikhonov", adapt_damping=True, damping_adapt_interval=5,
-                 min_damping=1e-8, adaptive_step=True, kl_clip=None, stat_decay="linear",
+                 min_damping=1e-2, adaptive_step=True, kl_clip=None, stat_decay="linear",
                  momentum_rate=1.0,
                  momentum_max=0.6, momentum=None, inv_update_freq=10, fisher="sampled",
                  curvature_batch_size=128, rejection_ratio=2.0, alpha=0.0,
@@ -850,7 +854,8 @@ class KFAC(Solver, torch.optim.Optimizer):
             lam = shared["damping"] * shared["curvature_scale"]
             coefficients = minimise_plane_model(model.fisher + lam * model.identity,
                                                 model.linear) * hyper["lr"]
-            steps = [coefficients[0] * d + coefficients[1] * p
+            # In place: the directions are not needed once the step is formed.
+            steps = [d.mul_(coefficients[0]).addcmul_(p, coefficients[1])
                      for d, p in zip(directions, previous)]
             step_size, momentum = coefficients[0], coefficients[1]
         else:
@@ -883,7 +888,7 @@ class KFAC(Solver, torch.optim.Optimizer):
         accepted = torch.isfinite(loss_after) & (
             loss_after <= self.hyper["rejection_ratio"] * loss_before + tolerance)
         for p, old in zip(self.params, saved):
-            p.copy_(torch.where(accepted, p, old))
+            torch.where(accepted, p, old, out=p)
         return accepted, loss_after
 
     def _after_step(self, accepted, steps, adapt, rho) -> None:
@@ -892,14 +897,15 @@ class KFAC(Solver, torch.optim.Optimizer):
         damping = shared["damping"]
         if adapt:
             omega = (19.0 / 20.0) ** hyper["damping_adapt_interval"]
-            damping = levenberg_marquardt(damping, rho, omega, hyper["min_damping"])
+            floor = min(hyper["min_damping"], hyper["damping"])
+            damping = levenberg_marquardt(damping, rho, omega, floor)
         shared["damping"] = torch.where(accepted, damping,
                                         raise_after_rejection(shared["damping"]))
         key = "previous_step" if hyper["adaptive_step"] else "momentum_buffer"
         for layer, step in zip(self.layers, steps):
             state = self.state[layer.weight]
             kept = step if key == "previous_step" else state[key]
-            state[key] = torch.where(accepted, kept, torch.zeros_like(kept))
+            state[key] = torch.where(accepted, kept, kept.new_zeros(()), out=kept)
         ratio = self.absolute_damping / shared["inverse_damping"]
         shared["refresh"] = ~accepted | (ratio < 0.5) | (ratio > 2.0)
         self._publish_refresh_flag()
@@ -1014,8 +1020,10 @@ class KFAC(Solver, torch.optim.Optimizer):
         fisher = torch.zeros(n, n, dtype=torch.float64, device=self.device)
         identity = torch.zeros_like(fisher)
         for index, (i, j) in enumerate(pairs):
-            value = means[index] + self.alpha * _inner(self._weights(candidates[i]),
-                                                       self._weights(candidates[j]))
+            value = means[index]
+            if self.alpha:
+                value = value + self.alpha * _inner(self._weights(candidates[i]),
+                                                    self._weights(candidates[j]))
             fisher[i, j] = fisher[j, i] = value
             identity[i, j] = identity[j, i] = _inner(candidates[i], candidates[j])
         linear = torch.stack([_inner(gradients, c) for c in candidates])
@@ -1096,9 +1104,12 @@ def _watch_output_gradients(inputs, outputs) -> tuple[list, list]:
 
 
 def _inner(xs, ys) -> torch.Tensor:
-    """``Σ_l ⟨x_l, y_l⟩`` over per-layer tensors, in float64."""
-    return torch.stack([torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]
-                       ).sum().double()
+    """``Σ_l ⟨x_l, y_l⟩`` over per-layer tensors, in float64 (strided views, such as the
+    weight part of ``[W, b]``, are read in place rather than copied)."""
+    return torch.stack([torch.vdot(x.reshape(-1), y.reshape(-1))
+                        if x.is_contiguous() and y.is_contiguous() or x.dim() != 2
+                        else torch.einsum("ij,ij->", x, y)
+                        for x, y in zip(xs, ys)]).sum().double()
 
 
 def _on_device(value, device):
