@@ -1,8 +1,10 @@
 """Cost of one update of K-FAC against SGD on the study's networks.
 
-Prints, per batch size, the median seconds per update of SGD-Nesterov and of K-FAC (with
+Prints, per batch size, the median seconds per update of SGD-Nesterov and the mean of
+K-FAC (over whole inversion periods, with
 its phase split and the share of time spent inverting — the study's Figure 3, right), the
-K-FAC/SGD ratio measured in the same run, and peak memory. Synthetic learnable data (see
+K-FAC/SGD ratio measured in the same run, and peak memory, in steady state (after
+``--warmup`` updates). Synthetic learnable data (see
 :func:`batch_for`). ``--network cifar10`` times the study's CIFAR-10 classifier
 (3072-3000-2000-1500-1000-250-10) instead of the MNIST autoencoder.
 
@@ -79,6 +81,8 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[250, 1000, 4096, 10000])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--inv-update-freq", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=20,
+                        help="K-FAC updates made before timing (default: 20)")
     parser.add_argument("--curvature-batch-size", type=int, default=None,
                         help="K-FAC curvature_batch_size (0: the whole batch; default: "
                              "K-FAC's default)")
@@ -105,16 +109,24 @@ def main(argv=None):
             torch.cuda.reset_peak_memory_stats(device)
         sgd = NesterovSGD(build_mlp(n_inputs, hidden, n_outputs, device=device), loss,
                           lr=0.01, momentum=0.9)
-        sgd_seconds = statistics.median(timed_updates(sgd, X, y, args.repeats + 2)[2:])
         kfac = KFAC(build_mlp(n_inputs, hidden, n_outputs, device=device), loss,
                     damping_scheme=args.damping_scheme, inv_update_freq=args.inv_update_freq,
                     curvature_batch_size=args.curvature_batch_size or None, random_state=0)
-        timed_updates(kfac, X, y, 2)  # warm-up
+        timed_updates(sgd, X, y, 2)
+        # Warm-up past the first updates, where rejections (each forcing a re-inversion)
+        # set the damping's scale: the figure is the cost of an update in steady state.
+        timed_updates(kfac, X, y, args.warmup)
         kfac.phase_times = {}  # reset
         # Every update pays 1/inv_update_freq of an inversion on average: time a whole
-        # number of inversion periods.
+        # number of inversion periods. SGD and K-FAC updates alternate, so that a drift
+        # of the machine's speed affects both alike.
         repeats = max(args.repeats, args.inv_update_freq)
-        kfac_seconds = sum(timed_updates(kfac, X, y, repeats)) / repeats
+        sgd_times, kfac_times = [], []
+        for _ in range(repeats):
+            sgd_times += timed_updates(sgd, X, y, 1)
+            kfac_times += timed_updates(kfac, X, y, 1)
+        sgd_seconds = statistics.median(sgd_times)
+        kfac_seconds = sum(kfac_times) / repeats
         phases = {k: v / repeats for k, v in kfac.phase_times.items()}
         print(f"{batch:>6} {sgd_seconds:>8.3f} {kfac_seconds:>8.3f} "
               f"{kfac_seconds / sgd_seconds:>6.2f} {phases['forward_backward']:>8.3f} "
