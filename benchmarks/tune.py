@@ -20,6 +20,10 @@ resumed search proposes the same next points as an uninterrupted one (the GP's f
 repeated, a second or so per trial). Only a trial that was running when the process
 was stopped is lost.
 
+Before the optimiser's first proposal, every search evaluates the solver's default
+settings (:func:`run_default_trial`): a search must not report less than what a user
+gets without one.
+
 The optimiser sees ``log10`` of the mean validation loss (losses span decades); a
 trial whose loss is not finite counts as ten times the loss of a constant predictor.
 """
@@ -119,9 +123,9 @@ def run_search(space: dict, evaluate, csv_log: CsvLog, *, n_trials: int,
                 diverged += asked != x
                 optimizer.tell(x, float(row["objective"]))
         progress(f"{label}: resumed with {len(done)} finished trial(s) replayed from "
-                 f"{csv_log.path}" + (f" ({diverged} differ from what this optimiser would "
-                                       "propose: settings or versions changed)"
-                                       if diverged else ""))
+                 f"{csv_log.path}" + (f" ({diverged} not proposed by this optimiser: "
+                                       "the defaults trial, or changed settings or "
+                                       "versions)" if diverged else ""))
     best = done["val_loss"].min() if len(done) else math.inf
     start = time.time()
     for trial in range(len(done) + 1, n_trials + 1):  # numbered from 1, as shown everywhere
@@ -273,6 +277,8 @@ def _run_tune(problem, data, out_dir, budget, *, solvers, seed, device, fresh, p
         evaluate = make_trial_evaluator(problem, data, solver,
                                         max_time=budget.tune_max_time,
                                         repeats=budget.repeats, seed=seed, device=device)
+        run_default_trial(problem, data, solver, space, evaluate, csv_log, label=label,
+                          progress=progress)
         _, trials = backend.run_search(space, evaluate, csv_log, n_trials=budget.n_trials,
                                        n_initial_points=budget.n_initial_points,
                                        random_state=seed + 7 * index, label=label,
@@ -288,6 +294,67 @@ def _run_tune(problem, data, out_dir, budget, *, solvers, seed, device, fresh, p
     except Exception as error:  # a figure must never lose the search results
         progress(f"could not draw the search figure: {error!r}")
     return results
+
+
+def default_point(problem, data, solver: str, space: dict) -> dict:
+    """The estimator's default settings of ``solver`` as a point of ``space``.
+
+    A ``None`` that stands for the solver's own default is replaced by it;
+    ``batch_size='auto'`` is resolved the way a fit resolves it (one short fit on a few
+    hundred rows builds the solver that decides); a default outside the space's range is
+    clipped to it.
+    """
+    from skkfac.solvers.spec import get_solver, solver_arguments
+
+    estimator = problem.make_estimator(solver)
+    defaults = estimator.get_params()
+    cls = get_solver(solver)  # None means "the solver's default" (learning_rate_init)
+    arguments = solver_arguments(cls, defaults)
+    defaults.update({hyper.parameter: arguments[hyper.name] for hyper in cls.hyperparameters})
+    if defaults.get("batch_size") == "auto" and "batch_size" in space:
+        rows = slice(0, min(len(data.X_train), 300))
+        estimator.set_params(max_iter=1, max_time=None, early_stopping=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if data.y_train is None:
+                estimator.fit(data.X_train[rows])
+            else:
+                estimator.fit(data.X_train[rows], data.y_train[rows])
+        defaults["batch_size"] = estimator._effective_batch_size(len(data.X_train))
+    point = {}
+    for name, dimension in space.items():
+        value = min(max(float(defaults[name]), dimension.low), dimension.high)
+        point[name] = _cast(dimension, value)
+    return point
+
+
+def _is_point(row, point: dict) -> bool:
+    return all(math.isclose(float(row[name]), float(value), rel_tol=1e-9)
+               for name, value in point.items())
+
+
+def run_default_trial(problem, data, solver: str, space: dict, evaluate, csv_log, *,
+                      label: str, progress=log) -> None:
+    """Evaluate the solver's defaults (:func:`default_point`) as the search's next trial
+    unless a trial already has them; it counts towards ``n_trials``.
+
+    A search must not report less than what a user gets without one. On the MNIST
+    autoencoder Adam's default learning rate 1e-3 lies in a narrow band between a plateau
+    (held-out MSE ~0.018 below 3e-4) and a collapse (0.12 above 2e-3); 24 trials of
+    random and GP proposals missed it, while the defaults reach 0.0162 in 60 s. The
+    optimiser is told this trial like any other when the search replays the CSV, so
+    resuming stays deterministic.
+    """
+    done = csv_log.read()
+    point = default_point(problem, data, solver, space)
+    if any(_is_point(row, point) for row in done.to_dict("records")):
+        return
+    trial = len(done) + 1
+    result = evaluate(point, trial)
+    csv_log.append({"trial": trial, **point, **result})
+    shown = " ".join(f"{k}={_short(v)}" for k, v in point.items())
+    progress(f"{label}: trial {trial} (the defaults) {shown} -> val loss "
+             f"{float(result['val_loss']):.5g}; {_short(result.get('n_updates'))} updates")
 
 
 def best_configs(out_dir, solver: str, k: int):

@@ -204,6 +204,48 @@ def test_interrupted_search_resumes_from_csv_without_losing_trials(tmp_path):
     assert calls == [] and len(trials) == 6 and len(optimizer.Xi) == 6
 
 
+def test_every_search_starts_from_the_solvers_defaults(tmp_path):
+    from skkfac.search import search_space
+
+    problem = get_problem("digits")
+    data = problem.load()
+    n_train = len(data.X_train)
+    adam = tune.default_point(problem, data, "adam", search_space("adam", n_samples=n_train))
+    assert adam == {"learning_rate_init": 1e-3, "batch_size": min(200, n_train),
+                    "beta_1": 0.9}
+    kfac_space = search_space("kfac", n_samples=n_train)
+    kfac = tune.default_point(problem, data, "kfac", kfac_space)
+    estimator = problem.make_estimator("kfac")
+    assert kfac["damping"] == estimator.damping
+    assert estimator.learning_rate_init is None and kfac["learning_rate_init"] == 1.0
+    # 'auto' resolved as a fit resolves it, then held within the space
+    low, high = kfac_space["batch_size"].low, kfac_space["batch_size"].high
+    assert isinstance(kfac["batch_size"], int) and low <= kfac["batch_size"] <= high
+
+    # The defaults trial runs once, is trial 1 of a new search and counts towards n_trials;
+    # the search then replays it like any other trial.
+    space = _toy_space()
+    log = records.CsvLog(tmp_path / "tune.csv", tune.tune_columns(space))
+    calls = []
+    evaluate = _toy_objective(calls)
+    point = {"learning_rate_init": 0.5, "batch_size": 300}
+    problem_point = (lambda *args: point)
+    original, tune.default_point = tune.default_point, problem_point
+    try:
+        for _ in range(2):
+            tune.run_default_trial(problem, data, "adam", space, evaluate, log,
+                                   label="toy", progress=lambda message: None)
+    finally:
+        tune.default_point = original
+    assert calls == [1]
+    optimizer, trials = tune.run_search(space, evaluate, log, n_trials=4,
+                                        n_initial_points=2, random_state=0,
+                                        progress=lambda message: None)
+    assert calls == [1, 2, 3, 4] and len(optimizer.Xi) == 4
+    first = trials.iloc[0]
+    assert (first["learning_rate_init"], first["batch_size"]) == (0.5, 300)
+
+
 # -- verdicts -------------------------------------------------------------------------------
 
 
