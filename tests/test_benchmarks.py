@@ -204,7 +204,7 @@ def test_interrupted_search_resumes_from_csv_without_losing_trials(tmp_path):
     assert calls == [] and len(trials) == 6 and len(optimizer.Xi) == 6
 
 
-def test_every_search_starts_from_the_solvers_defaults(tmp_path):
+def test_every_search_starts_from_the_solvers_defaults(tmp_path, monkeypatch):
     from skkfac.search import search_space
 
     problem = get_problem("digits")
@@ -229,14 +229,10 @@ def test_every_search_starts_from_the_solvers_defaults(tmp_path):
     calls = []
     evaluate = _toy_objective(calls)
     point = {"learning_rate_init": 0.5, "batch_size": 300}
-    problem_point = (lambda *args: point)
-    original, tune.default_point = tune.default_point, problem_point
-    try:
-        for _ in range(2):
-            tune.run_default_trial(problem, data, "adam", space, evaluate, log,
-                                   label="toy", progress=lambda message: None)
-    finally:
-        tune.default_point = original
+    monkeypatch.setattr(tune, "default_point", lambda *args: point)
+    for _ in range(2):
+        tune.run_default_trial(problem, data, "adam", space, evaluate, log,
+                               label="toy", progress=lambda message: None)
     assert calls == [1]
     optimizer, trials = tune.run_search(space, evaluate, log, n_trials=4,
                                         n_initial_points=2, random_state=0,

@@ -300,21 +300,13 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @needs_cuda
 def test_cuda_updates_between_refreshes_do_not_synchronise():
+    from test_kfac_cuda import updates_without_host_sync
+
     X, y = batch("cross_entropy", n=64)
     X, y = X.cuda(), y.cuda()
     opt = plain(network().cuda(), "cross_entropy", inv_update_freq=100, adaptive_step=True,
                 adapt_damping=True, damping_adapt_interval=2)
-    for _ in range(2):
-        opt.accumulate(X, y)
-        opt.step()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(4):
-            opt.accumulate(X, y)
-            opt.step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    updates_without_host_sync(opt, X, y, updates=4)
     assert all(bool(block.inverse.estimated) for block in opt.blocks)
 
 

@@ -27,20 +27,27 @@ def batch(device, dtype=torch.float32, seed=0):
     return X.to(device), torch.randint(0, 4, (200,), generator=g).to(device)
 
 
-def test_updates_do_not_synchronise_with_the_host():
-    X, y = batch("cuda")
-    _, opt = make("cuda")
-    for _ in range(2):
+def updates_without_host_sync(opt, X, y, *, warmup=2, updates=6):
+    """``updates`` accumulate + step calls after ``warmup`` ones, with any device-to-host
+    synchronisation turned into an error; returns the last step's report."""
+    for _ in range(warmup):
         opt.accumulate(X, y)
         opt.step()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for _ in range(6):
+        for _ in range(updates):
             opt.accumulate(X, y)
             report = opt.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    return report
+
+
+def test_updates_do_not_synchronise_with_the_host():
+    X, y = batch("cuda")
+    _, opt = make("cuda")
+    report = updates_without_host_sync(opt, X, y)
     assert report.fetch()["accepted"] in (True, False)
 
 

@@ -1,5 +1,6 @@
 """K-FAC's soundness against independent computations (issue 14's defects and checks)."""
 
+import itertools
 import warnings
 
 import numpy as np
@@ -148,7 +149,7 @@ def test_damping_adaptation_stops_at_the_floor(damping, min_damping, floor):
         opt.accumulate(X, Y)
         dampings.append(opt.step().fetch()["damping"])
     assert dampings[0] == pytest.approx(max(damping * 19 / 20, floor))
-    assert all(later <= earlier for earlier, later in zip(dampings, dampings[1:]))
+    assert all(later <= earlier for earlier, later in itertools.pairwise(dampings))
     assert dampings[-1] == pytest.approx(floor)
 
 

@@ -1107,7 +1107,7 @@ def _inner(xs, ys) -> torch.Tensor:
     """``Σ_l ⟨x_l, y_l⟩`` over per-layer tensors, in float64 (strided views, such as the
     weight part of ``[W, b]``, are read in place rather than copied)."""
     return torch.stack([torch.vdot(x.reshape(-1), y.reshape(-1))
-                        if x.is_contiguous() and y.is_contiguous() or x.dim() != 2
+                        if (x.is_contiguous() and y.is_contiguous()) or x.dim() != 2
                         else torch.einsum("ij,ij->", x, y)
                         for x, y in zip(xs, ys)]).sum().double()
 
