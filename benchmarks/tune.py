@@ -122,10 +122,11 @@ def run_search(space: dict, evaluate, csv_log: CsvLog, *, n_trials: int,
                 asked = [_cast(d, v) for d, v in zip(dimensions, optimizer.ask())]
                 diverged += asked != x
                 optimizer.tell(x, float(row["objective"]))
-        progress(f"{label}: resumed with {len(done)} finished trial(s) replayed from "
-                 f"{csv_log.path}" + (f" ({diverged} not proposed by this optimiser: "
-                                       "the defaults trial, or changed settings or "
-                                       "versions)" if diverged else ""))
+        # On a first run the one finished trial is the defaults trial just evaluated.
+        progress(f"{label}: the optimiser was told the {len(done)} finished trial(s) in "
+                 f"{csv_log.path}" + (f" ({diverged} of them not its own proposals: the "
+                                       "defaults trial, or trials made with other settings "
+                                       "or versions)" if diverged else ""))
     best = done["val_loss"].min() if len(done) else math.inf
     start = time.time()
     for trial in range(len(done) + 1, n_trials + 1):  # numbered from 1, as shown everywhere
