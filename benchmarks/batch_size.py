@@ -210,12 +210,13 @@ def run_batch_size(problem, data, out_dir, budget, *, seed: int = 0, device: str
         eta = (time.time() - start) / (i + 1) * left
         artificial = (f" artificial {point['artificial_batch_size']}"
                       if point["artificial_batch_size"] else "")
+        inverting = (f", inverting {row['inverse_fraction']:.0%}"
+                     if math.isfinite(row["inverse_fraction"]) else "")  # K-FAC only
         progress(f"batch-size {problem.name}: {experiment} {solver} #{point['config']} "
                  f"batch {point['batch_size']}{artificial} lr "
                  f"{point['learning_rate_init']:.3g} -> test loss {loss:.5g} "
-                 f"({estimator.n_updates_} updates, {estimator.train_time_:.2f} s, "
-                 f"inverting {row['inverse_fraction']:.0%}); {left} left, ETA "
-                 f"{eta / 60:.1f} min")
+                 f"({estimator.n_updates_} updates, {estimator.train_time_:.2f} s"
+                 f"{inverting}); {left} left, ETA {eta / 60:.1f} min")
     table = point_log.read()
     from benchmarks.plotting import plot_batch_size
 
