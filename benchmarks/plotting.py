@@ -89,6 +89,7 @@ def plot_compare(out_dir, problem, runs: pd.DataFrame, histories: pd.DataFrame,
             axes[row, 0].set_xlabel("training time (s, evaluation excluded)")
             axes[row, 1].set_xlabel("updates")
             axes[row, 1].set_xscale("symlog", linthresh=10)
+            axes[row, 1].set_xlim(left=0)  # symlog's autoscale margin reaches below 0
             for ax in axes[row]:
                 ax.set_ylabel(ylabel)
                 if log_scale:
@@ -98,7 +99,7 @@ def plot_compare(out_dir, problem, runs: pd.DataFrame, histories: pd.DataFrame,
         axes[0, 0].legend(fontsize=7, loc="best")
         seeds = int(runs.groupby(["solver", "trial"]).size().max())
         fig.suptitle(f"{problem.title}: best configurations per solver, {seeds} seed(s) "
-                     "each (bold: the configuration in the verdict; dashed: the target; "
+                     "each\n(bold: the configuration in the verdict; dashed: the target; "
                      "loss axes end at 1.5x the worst starting loss)",
                      fontsize=10)
         written.append(_save(fig, out_dir / name, note))
