@@ -6,8 +6,10 @@ budget; it used 5 s for the regression):
 
 * K-FAC at the study's best hyperparameters (its Tables 1-3, kept in
   :mod:`benchmarks.problems`) with the study's update rule: fixed learning rate, the
-  running-average momentum schedule and divide-by-max damping
-  (``adaptive_step=False, damping_scheme='max_norm', adapt_damping=False``);
+  running-average momentum schedule, divide-by-max damping and no rejection test
+  (``adaptive_step=False, damping_scheme='max_norm', adapt_damping=False,
+  rejection_ratio=None``; with the test, this rule stalls:
+  ``benchmarks/results/gpu/run3/study_rule_diagnosis.txt``);
 * K-FAC with the estimators' defaults at the study's batch size;
 * SGD-Nesterov at the study's best hyperparameters;
 * Adam with learning rate 1e-3 and batch 256 (scikit-learn's default rate), when the
@@ -42,8 +44,10 @@ from benchmarks.solvers import label, registered_solvers
 
 #: The study's problems, in the order of its Tables 1-3.
 PROBLEMS = ("mnist_ae", "regression", "cifar10")
-#: K-FAC as the study ran it: fixed step, m_rate/m_max momentum, max-normalised damping.
-STUDY_KFAC = {"adaptive_step": False, "damping_scheme": "max_norm", "adapt_damping": False}
+#: K-FAC as the study ran it: fixed step, m_rate/m_max momentum, max-normalised damping,
+#: and no test that undoes a step after which the loss grew (only non-finite ones).
+STUDY_KFAC = {"adaptive_step": False, "damping_scheme": "max_norm", "adapt_damping": False,
+              "rejection_ratio": None}
 #: Adam: scikit-learn's default learning rate, a common batch size.
 ADAM = {"learning_rate_init": 1e-3, "batch_size": 256}
 

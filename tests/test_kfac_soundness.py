@@ -288,6 +288,57 @@ def test_nan_step_is_undone_exactly():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("ratio, kept", [(2.0, False), (None, True), (1e6, True)])
+def test_rejection_ratio_decides_whether_a_loss_increase_is_undone(ratio, kept):
+    X, Y = least_squares_data(n=16)
+    model = nn.Linear(4, 2)
+    opt = KFAC(model, "squared_error", rejection_ratio=ratio, random_state=0)
+    opt.accumulate(X, Y)
+    batch = opt._curvature_batch()
+    before = opt._curvature_loss(batch)
+    saved = [p.detach().clone() for p in model.parameters()]
+    steps = [torch.full((2, 5), -3.0)]  # the loss grows far more than tenfold, finitely
+    with torch.no_grad():
+        accepted, after = opt._apply_checked(steps, batch, before)
+    assert torch.isfinite(after) and float(after) > 10 * float(before)
+    assert bool(accepted) is kept
+    moved = [not torch.equal(a, b) for a, b in zip(saved, model.parameters())]
+    assert all(moved) if kept else not any(moved)
+
+
+def test_without_rejection_ratio_a_non_finite_step_is_still_undone():
+    X, Y = least_squares_data(n=16)
+    model = nn.Linear(4, 2)
+    opt = KFAC(model, "squared_error", rejection_ratio=None, random_state=0)
+    opt.accumulate(X, Y)
+    batch = opt._curvature_batch()
+    saved = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        accepted, _ = opt._apply_checked([torch.full((2, 5), float("inf"))], batch,
+                                         opt._curvature_loss(batch))
+    assert not bool(accepted)
+    for a, b in zip(saved, model.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("ratio", [0.5, float("nan")])
+def test_rejection_ratio_below_one_is_refused(ratio):
+    with pytest.raises(ValueError, match="rejection_ratio"):
+        KFAC(nn.Linear(2, 1), "squared_error", rejection_ratio=ratio)
+    X, y = np.random.default_rng(0).normal(size=(20, 2)), np.arange(20.0)
+    with pytest.raises(ValueError, match="rejection_ratio"):
+        KFACRegressor(rejection_ratio=ratio, max_iter=1).fit(X, y)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_estimator_passes_rejection_ratio_to_its_solver():
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    reg = KFACRegressor(hidden_layer_sizes=(4,), rejection_ratio=None, max_iter=2,
+                        random_state=0).fit(X, X[:, 0])
+    assert reg.solver_.hyper["rejection_ratio"] is None
+    assert np.all(np.isfinite(reg.predict(X)))
+
+
 # -- independent checks of the math ----------------------------------------------------------
 @pytest.mark.parametrize("loss", [SquaredError(), CrossEntropy()])
 def test_sampled_G_averages_to_the_exact_G(loss):

@@ -61,7 +61,7 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
                  damping=0.1, damping_scheme="tikhonov", adapt_damping=True,
                  adaptive_step=True, kl_clip=None, stat_decay="linear", momentum_rate=1.0,
                  momentum_max=0.6, inv_update_freq=10, fisher="sampled",
-                 curvature_batch_size=128,
+                 curvature_batch_size=128, rejection_ratio=2.0,
                  max_iter=200, max_time=None, max_wall_time=None, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  shuffle=True, eval_every=None, eval_interval=None, random_state=None,

@@ -129,12 +129,15 @@ class KFAC(Solver, torch.optim.Optimizer):
         Estimate ``A``, ``G`` and the quadratic model on the first this many examples of
         each (artificial) batch; the gradient always uses all of them. Makes the cost of
         the curvature independent of the batch size.
-    rejection_ratio : float, default=2.0
+    rejection_ratio : float >= 1 or None, default=2.0
         An update after which the loss *on the same curvature batch* is non-finite or
         more than this multiple of the loss before it (plus 1000 machine epsilons of
         rounding noise) is undone at once, ``λ`` is raised tenfold and the momentum
         forgotten (comparing on the same examples keeps the mini-batch noise out of the
         decision). The decision is made on the device; :meth:`step`'s report says it.
+        ``None``: only a non-finite loss is undone, as in the study's K-FAC, which had
+        no rejection test (a ``max_norm`` step cannot be shortened by ``λ``, so the test
+        can stall that rule).
     alpha : float, default=0.0
         L2 penalty ``alpha/2 ‖W‖²`` on the weights: in the gradient, in the quadratic
         model (exactly) and in the losses ``ρ`` compares; also added to the factors'
@@ -226,6 +229,11 @@ class KFAC(Solver, torch.optim.Optimizer):
             "Estimate K-FAC's factors (and its quadratic model) on the first this many "
             "samples of each update's batch, artificial batches included; ``None``: all "
             "of them. Keeps the curvature's cost independent of the batch size."),
+        Hyperparameter(
+            "rejection_ratio", 2.0, [None, Interval(Real, 1, None, closed="left")],
+            "Undo a K-FAC update after which the loss on the curvature rows is more than "
+            "this multiple of the loss before it (or not finite), and raise λ tenfold; "
+            "``None``: undo only non-finite losses (the study's rule had no such test)."),
     )
     auto_batch_size = 1000  # K-FAC wants large batches (the network decides: see below)
     auto_batch_size_rule = (
@@ -268,6 +276,8 @@ class KFAC(Solver, torch.optim.Optimizer):
             raise ValueError("KFAC needs lr > 0, damping >= 0 and inv_update_freq >= 1.")
         if curvature_batch_size is not None and curvature_batch_size < 1:
             raise ValueError("curvature_batch_size must be None or >= 1.")
+        if rejection_ratio is not None and not rejection_ratio >= 1:
+            raise ValueError(f"rejection_ratio must be None or >= 1, got {rejection_ratio!r}.")
         defaults = dict(lr=lr, damping=damping, damping_scheme=damping_scheme,
                         adapt_damping=adapt_damping,
                         damping_adapt_interval=damping_adapt_interval,
@@ -880,13 +890,15 @@ class KFAC(Solver, torch.optim.Optimizer):
 
     def _apply_checked(self, steps, batch, loss_before):
         """Apply ``steps``; undo them on the device if the curvature-batch loss is not
-        finite or grew more than ``rejection_ratio`` times (plus rounding noise)."""
+        finite or (unless ``rejection_ratio`` is None) grew more than ``rejection_ratio``
+        times (plus rounding noise)."""
         saved = [p.detach().clone() for p in self.params]
         self._apply(steps)
         loss_after = self._curvature_loss(batch, fresh=True)
         tolerance = REJECTION_TOLERANCE_EPS * torch.finfo(self.factor_dtype).eps
-        accepted = torch.isfinite(loss_after) & (
-            loss_after <= self.hyper["rejection_ratio"] * loss_before + tolerance)
+        accepted = torch.isfinite(loss_after)
+        if self.hyper["rejection_ratio"] is not None:
+            accepted &= loss_after <= self.hyper["rejection_ratio"] * loss_before + tolerance
         for p, old in zip(self.params, saved):
             torch.where(accepted, p, old, out=p)
         return accepted, loss_after
