@@ -10,6 +10,7 @@ K-FAC/SGD ratio measured in the same run, and peak memory, in steady state (afte
 
     python benchmarks/step_cost.py [--batch-sizes 250 1000 4096 10000] [--repeats 7]
     python benchmarks/step_cost.py --network cifar10 --batch-sizes 1000
+    python benchmarks/step_cost.py --precondition-precision full
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 import torch
 
 from skkfac import KFAC
+from skkfac.curvature.precision import PRECONDITION_PRECISIONS, preconditioning_dtype
 from skkfac.nn import build_mlp
 from skkfac.solvers import NesterovSGD
 
@@ -87,6 +89,10 @@ def main(argv=None):
                         help="K-FAC curvature_batch_size (0: the whole batch; default: "
                              "K-FAC's default)")
     parser.add_argument("--damping-scheme", default="tikhonov")
+    parser.add_argument("--precondition-precision", choices=PRECONDITION_PRECISIONS,
+                        default=inspect.signature(KFAC).parameters[
+                            "precondition_precision"].default,
+                        help="K-FAC precondition_precision (default: K-FAC's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -99,7 +105,9 @@ def main(argv=None):
     widths = "-".join(map(str, (n_inputs, *hidden, n_outputs)))
     print(f"{args.network} {widths} on {device}, {torch.get_num_threads()} threads; "
           f"K-FAC: {args.damping_scheme}, inv_update_freq={args.inv_update_freq}, "
-          f"curvature_batch_size={args.curvature_batch_size}")
+          f"curvature_batch_size={args.curvature_batch_size}, "
+          f"precondition_precision={args.precondition_precision} "
+          f"({preconditioning_dtype(args.precondition_precision, torch.float32, device)})")
     print(f"{'batch':>6} {'sgd s':>8} {'kfac s':>8} {'ratio':>6} {'fwd/bwd':>8} "
           f"{'stats':>7} {'inverse':>8} {'precond':>8} {'update':>7} {'inv %':>6} "
           f"{'peak MiB':>9}")
@@ -111,7 +119,8 @@ def main(argv=None):
                           lr=0.01, momentum=0.9)
         kfac = KFAC(build_mlp(n_inputs, hidden, n_outputs, device=device), loss,
                     damping_scheme=args.damping_scheme, inv_update_freq=args.inv_update_freq,
-                    curvature_batch_size=args.curvature_batch_size or None, random_state=0)
+                    curvature_batch_size=args.curvature_batch_size or None,
+                    precondition_precision=args.precondition_precision, random_state=0)
         timed_updates(sgd, X, y, 2)
         # Warm-up past the first updates, where rejections (each forcing a re-inversion)
         # set the damping's scale: the figure is the cost of an update in steady state.

@@ -14,11 +14,11 @@ from skkfac.nn import build_mlp
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def make(device, seed=0, dtype=torch.float32):
+def make(device, seed=0, dtype=torch.float32, **kwargs):
     model = build_mlp(20, (32, 16), 4, generator=torch.Generator().manual_seed(seed),
                       dtype=dtype, device=device)
     return model, KFAC(model, "cross_entropy", random_state=seed, inv_update_freq=3,
-                       damping_adapt_interval=2, curvature_batch_size=64)
+                       damping_adapt_interval=2, curvature_batch_size=64, **kwargs)
 
 
 def batch(device, dtype=torch.float32, seed=0):
@@ -44,9 +44,10 @@ def updates_without_host_sync(opt, X, y, *, warmup=2, updates=6):
     return report
 
 
-def test_updates_do_not_synchronise_with_the_host():
+@pytest.mark.parametrize("precision", ["full", "bfloat16"])
+def test_updates_do_not_synchronise_with_the_host(precision):
     X, y = batch("cuda")
-    _, opt = make("cuda")
+    _, opt = make("cuda", precondition_precision=precision)
     report = updates_without_host_sync(opt, X, y)
     assert report.fetch()["accepted"] in (True, False)
 

@@ -36,6 +36,7 @@ def train(opt, data):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("options", [{}, {"adaptive_step": False, "kl_clip": 0.01},
                                      {"damping_scheme": "eigen", "alpha": 1e-3},
+                                     {"precondition_precision": "bfloat16"},
                                      # the first update after the restore refreshes the basis
                                      {"damping_scheme": "ekfac", "inv_update_freq": 7}])
 def test_state_dict_round_trip_continues_bit_for_bit(dtype, options):

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import torch
 
-from skkfac.curvature.inverses import KroneckerInverse, _as_tensor, symmetric_eigh
+from skkfac.curvature.inverses import KroneckerInverse, _as_tensor, _sandwich, symmetric_eigh
 
 
 def _with_bias_column(a: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -99,8 +99,9 @@ class EigenvalueCorrectedTikhonov(KroneckerInverse):
         self.estimated = torch.zeros((), dtype=torch.bool, device=A.device)
 
     def apply(self, V: torch.Tensor) -> torch.Tensor:
-        rotated = self.Qg.T @ V @ self.Qa
-        return self.Qg @ (rotated / (self.scaling + self.damping)) @ self.Qa.T
+        Qg, Qa = self._operand("Qg"), self._operand("Qa")
+        rotated = _sandwich(Qg.T, V, Qa)
+        return _sandwich(Qg, rotated / (self.scaling + self.damping), Qa.T)
 
     def scaling_sum(self, a: torch.Tensor, gradients: list[torch.Tensor]) -> torch.Tensor:
         """``Σ_n Σ_c (Q_Gᵀ g_nc)² (Q_Aᵀ ā_n)²ᵀ`` over the rows ``n`` of one micro-batch.

@@ -6,10 +6,18 @@ and actual loss changes), so they run in true float32 (or float64) even when the
 has enabled TF32 (``torch.set_float32_matmul_precision('high')``) or runs the forward
 pass under ``torch.autocast``. The forward/backward pass that gives the gradient is left
 to the user's settings.
+
+One exception: ``KFAC(precondition_precision=...)`` may multiply the gradients with the
+factor inverses (the largest fixed cost of an update) in bfloat16, by default where the
+hardware has bfloat16 matrix units and the curvature is float32
+(:func:`preconditioning_dtype`). That only changes *which* direction is proposed, by a
+few per cent; the quadratic model, ``ρ`` and the rejection test still evaluate the
+direction actually taken in full precision, so the step is judged exactly as before.
 """
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 
 import torch
@@ -46,3 +54,47 @@ def full_precision(device: torch.device):
     finally:
         if previous != "highest":
             torch.set_float32_matmul_precision(previous)
+
+
+#: ``precondition_precision`` values (see :func:`preconditioning_dtype`).
+PRECONDITION_PRECISIONS = ("auto", "full", "bfloat16")
+
+
+def preconditioning_dtype(precision: str, curvature_dtype: torch.dtype,
+                          device: torch.device) -> torch.dtype:
+    """The dtype of K-FAC's products of the gradients with the factor inverses.
+
+    ``'full'``: ``curvature_dtype``; ``'bfloat16'``: bfloat16; ``'auto'``: bfloat16 for a
+    float32 curvature on a device with bfloat16 matrix units (:func:`has_bfloat16_matmul`),
+    where the products are measured 2.3-2.8x faster; else ``curvature_dtype`` (a float64
+    network asks for precision, and emulated bfloat16 is slower than float32).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skkfac.curvature.precision import preconditioning_dtype
+    >>> preconditioning_dtype("auto", torch.float64, torch.device("cpu"))
+    torch.float64
+    >>> preconditioning_dtype("bfloat16", torch.float64, torch.device("cpu"))
+    torch.bfloat16
+    """
+    if precision not in PRECONDITION_PRECISIONS:
+        raise ValueError(f"precondition_precision must be one of {PRECONDITION_PRECISIONS}, "
+                         f"got {precision!r}.")
+    if precision == "bfloat16" or (precision == "auto" and curvature_dtype == torch.float32
+                                   and has_bfloat16_matmul(device)):
+        return torch.bfloat16
+    return curvature_dtype
+
+
+@functools.cache
+def has_bfloat16_matmul(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively: a CUDA GPU of compute
+    capability 8.0 or more (tensor cores), or a CPU with AVX512-BF16 or AMX instructions
+    (as PyTorch detects them)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
