@@ -1,10 +1,12 @@
 """K-FAC with ``precondition_precision='full'`` against ``'bfloat16'`` at equal training time.
 
 The MNIST autoencoder with K-FAC's defaults (60 s); CIFAR-10 (120 s), the regression
-problem and protein (60 s each) with the benchmark protocol's best K-FAC configuration
-(``benchmarks/results/<problem>/compare_runs.csv``); the two precisions alternate seed
-by seed so that a drift of the machine's speed affects both alike. Prints the test loss
-(per-pixel MSE; cross-entropy and accuracy for CIFAR-10) and the number of updates.
+problem and protein (60 s each) with the protocol search's first-ranked K-FAC
+configuration (rank 1 in ``benchmarks/results/<problem>/compare_runs.csv``; the one the
+comparison then chose, except on protein, where it chose rank 2); the precisions
+alternate seed by seed so that a drift of the machine's speed affects both alike. Prints
+the test loss (per-pixel MSE; cross-entropy and accuracy for CIFAR-10) and the number of
+updates.
 
 Run: ``SKKFAC_DATA=DIR PYTHONPATH=. python benchmarks/results/kfac/bf16_precondition.py
 [mnist_ae|cifar10|regression|protein ...] [--seeds 2 3]`` (on 2 cores about 7 minutes for the
