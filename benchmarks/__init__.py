@@ -18,6 +18,9 @@ options and default budgets):
 ``time-budget``      check that ``max_time`` stops training on time
 ``gpu``              the three problems at the study's own settings (10 s runs), one
                      text file; ``--device cuda`` on a GPU machine
+``defaults``         every solver at its defaults, as a new user would try them: the
+                     study's problems at fixed budgets and a tabular suite against
+                     scikit-learn's MLP and gradient boosting (``benchmarks/defaults.py``)
 ``report``           gather every result into ``REPORT.md`` with the exact commands
 ===================  ===================================================================
 

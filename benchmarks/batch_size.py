@@ -171,8 +171,10 @@ def run_batch_size(problem, data, out_dir, budget, *, seed: int = 0, device: str
         solver = point["solver"]
         known = set(params_of(point, solver)) | {"batch_size"}
         params = {k: v for k, v in point.items() if k in known}
-        if point["artificial_batch_size"] is not None:
-            params["artificial_batch_size"] = point["artificial_batch_size"]
+        # One update per mini-batch unless the point says otherwise: the study measures
+        # K-FAC at small batches too, below the size it accumulates to by default.
+        params["artificial_batch_size"] = (point["artificial_batch_size"]
+                                           or point["batch_size"])
         run_seed = seed + int(point["config"])
         wall = time.time()
         with warnings.catch_warnings():

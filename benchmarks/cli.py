@@ -8,6 +8,7 @@ Examples (from the repository root)::
     python -m benchmarks batch-size --problem mnist_ae --data-home /work/shared/data
     python -m benchmarks time-budget --data-home /work/shared/data
     python -m benchmarks gpu --data-home /work/shared/data --device cuda
+    python -m benchmarks defaults --data-home /work/shared/data     # ~50 min, 2 cores
     python -m benchmarks report
 
 Default budgets depend on the problem (``benchmarks/budgets.py``); every solver
@@ -32,6 +33,8 @@ from benchmarks.solvers import registered_solvers
 
 DEFAULT_OUT = Path("benchmarks") / "results"
 QUICK_OUT = DEFAULT_OUT / "_scratch" / "quick"
+DEFAULTS_OUT = DEFAULT_OUT / "defaults"
+DEFAULTS_QUICK_OUT = DEFAULT_OUT / "_scratch" / "defaults"
 
 
 def _common(parser, *, problem: bool = True, default_problem=None):
@@ -150,10 +153,39 @@ def build_parser() -> argparse.ArgumentParser:
                      choices=sorted(p for p in PROBLEMS if PROBLEMS[p].study),
                      help="problems to run (default: mnist_ae regression cifar10)")
 
+    _defaults_parser(sub)
+
     report = sub.add_parser("report", help="gather the results into REPORT.md")
     report.add_argument("--out", type=Path, default=None,
                         help=f"results root (default {DEFAULT_OUT})")
     return parser
+
+
+def _defaults_parser(sub) -> None:
+    from benchmarks.defaults import CELLS, GROUPS, all_methods
+
+    defaults = sub.add_parser(
+        "defaults", help="every solver at its defaults on the study's problems and a "
+                         "tabular suite, against scikit-learn (~50 min; resumable)")
+    defaults.add_argument("--data-home", default=None,
+                          help="data folder (default: $SKKFAC_DATA, else ~/skkfac_data)")
+    defaults.add_argument("--out", type=Path, default=None,
+                          help=f"results folder (default: {DEFAULTS_OUT}; "
+                               f"{DEFAULTS_QUICK_OUT} with --quick)")
+    defaults.add_argument("--threads", type=int, default=2,
+                          help="torch (and scikit-learn) threads per fit (default 2)")
+    defaults.add_argument("--seeds", type=int, default=None,
+                          help="seeds (and tabular splits) per method (default 3; 1 with "
+                               "--quick)")
+    defaults.add_argument("--cells", nargs="+", choices=[*GROUPS, *CELLS], default=None,
+                          metavar="CELL", help="cells or groups to run (default: big "
+                          f"tabular); cells: {' '.join(CELLS)}")
+    defaults.add_argument("--methods", nargs="+", choices=all_methods(), default=None,
+                          help="methods to run (default: all)")
+    defaults.add_argument("--quick", action="store_true",
+                          help="2 s budgets for the big problems, only the bundled tabular "
+                               "sets, 1 seed (smoke runs)")
+    defaults.add_argument("--fresh", action="store_true", help="discard earlier runs")
 
 
 def _budget(args):
@@ -197,6 +229,15 @@ def main(argv=None) -> int:
         torch.set_num_threads(threads)
     quick = args.command == "quick" or getattr(args, "quick", False)
     out = args.out or (QUICK_OUT if quick else DEFAULT_OUT)
+    if args.command == "defaults":
+        out = args.out or (DEFAULTS_QUICK_OUT if quick else DEFAULTS_OUT)
+        with CommandLog(out, argv):
+            from benchmarks.defaults import run_defaults
+
+            run_defaults(out, cells=args.cells, methods=args.methods, threads=args.threads,
+                         seeds=args.seeds or (1 if quick else 3), data_home=args.data_home,
+                         quick=quick, fresh=args.fresh, argv=argv)
+        return 0
     if args.command == "report":
         from benchmarks.report import write_report
 

@@ -35,6 +35,10 @@ from skkfac.solvers.spec import StepReport
 
 #: Consecutive rejected updates after which training gives up.
 MAX_CONSECUTIVE_REJECTIONS = 8
+#: A fit whose last epoch loss is more than ``LOSS_ROSE_FACTOR`` times its best one, and
+#: higher by more than ``LOSS_ROSE_MARGIN`` times the constant prediction's loss, blew up.
+LOSS_ROSE_FACTOR = 2.0
+LOSS_ROSE_MARGIN = 0.1
 #: Step-report fields recorded in every history row (NaN when a solver omits them).
 REPORT_COLUMNS = ("damping", "rho", "step_size", "momentum")
 
@@ -163,6 +167,7 @@ class Trainer:
         clock = TrainingClock(X.device, progress.train_time)
         self._window_loss, self._window_count = 0.0, 0
         self._best_weights = None
+        self._best_epoch_weights = None
         self._pending_loss = torch.full((), progress.pending_loss, dtype=X.dtype,
                                         device=X.device)
         self._consecutive_rejections = 0
@@ -199,6 +204,8 @@ class Trainer:
                 break
         else:
             progress.stop_reason = "max_iter"
+        if not incremental and not config.early_stopping:
+            self._check_loss_rose(solver, progress)
         self._finish(solver, progress, keep_accumulated=incremental)
         self._notify("on_fit_end")
         return progress
@@ -210,7 +217,11 @@ class Trainer:
         if config.shuffle:
             order = torch.from_numpy(rng.permutation(n)).to(X.device)
             X, y = X[order], y[order]
-        epoch_loss, epoch_count = 0.0, 0
+        # The epoch's loss sums the losses of this epoch's own samples, micro-batch by
+        # micro-batch, on the device: an update's batch may straddle two epochs (a
+        # partial batch is carried over), and counting whole updates made every epoch
+        # cover a different set of samples, a wobble of a few % that fired the tol rule.
+        epoch_sum = torch.zeros((), dtype=torch.float64, device=X.device)
         updated = False
         # Summed loss of the micro-batches of the update in progress (which may have
         # started in the previous epoch); kept on the device until the update.
@@ -219,7 +230,9 @@ class Trainer:
             X_batch = X[start:start + config.batch_size]
             y_batch = y[start:start + config.batch_size]
             with clock:
-                pending_loss += solver.accumulate(X_batch, y_batch)
+                micro_batch_loss = solver.accumulate(X_batch, y_batch)
+                pending_loss += micro_batch_loss
+                epoch_sum += micro_batch_loss
                 progress.samples_seen += X_batch.shape[0]
                 if solver.n_accumulated >= config.update_size:
                     total, count = _batch_sum(solver, pending_loss)
@@ -229,8 +242,6 @@ class Trainer:
                         progress.train_time = clock.elapsed
                         return None
                     self._last_batch = (X_batch, y_batch)
-                    epoch_loss += batch_loss * count
-                    epoch_count += count
                     self._window_loss += batch_loss * count
                     self._window_count += count
                     updated = True
@@ -247,7 +258,8 @@ class Trainer:
             if self._past_deadline():
                 progress.stop_reason = "max_wall_time"
                 return None
-        return epoch_loss / epoch_count if epoch_count else math.nan
+        total, count = _batch_sum(solver, epoch_sum, n)
+        return float(total) / count
 
     def _update(self, solver: Solver, progress: TrainingProgress, batch_loss: float) -> bool:
         """Check the loss at the current weights, then step. False means stop training."""
@@ -393,9 +405,43 @@ class Trainer:
                 self._best_weights = [p.detach().clone() for p in solver.params]
         else:
             improved = epoch_loss <= progress.best_loss - tol
-            progress.best_loss = min(progress.best_loss, epoch_loss)
+            if epoch_loss < progress.best_loss:
+                progress.best_loss = epoch_loss
+                self._keep_best_epoch(solver)
         progress.no_improvement_count = 0 if improved else progress.no_improvement_count + 1
         return progress.no_improvement_count > self.config.n_iter_no_change
+
+    def _keep_best_epoch(self, solver) -> None:
+        """Copy the weights at the end of the epoch with the lowest training loss."""
+        with torch.no_grad():
+            if self._best_epoch_weights is None:
+                self._best_epoch_weights = [p.detach().clone() for p in solver.params]
+            else:
+                torch._foreach_copy_(self._best_epoch_weights,
+                                     [p.detach() for p in solver.params])
+
+    def _check_loss_rose(self, solver, progress) -> None:
+        """A fit that ends on its epoch rule (``tol`` or ``max_iter``) with an epoch loss
+        far above its best one blew up on the way: that is no convergence. Put back the
+        weights of the best epoch and stop as diverged (K-FAC at batch 32 on digits went
+        0.40 → 0.08 → 2.69 and was reported as converged)."""
+        if (self._best_epoch_weights is None or not progress.loss_curve
+                or progress.stop_reason not in ("converged", "max_iter")):
+            return
+        last, best = progress.loss_curve[-1], progress.best_loss
+        margin = LOSS_ROSE_MARGIN * max(self.config.reference_loss, best)
+        if math.isfinite(last) and not (last > LOSS_ROSE_FACTOR * best and last - best > margin):
+            return
+        with torch.no_grad():
+            torch._foreach_copy_([p.data for p in solver.params], self._best_epoch_weights)
+        solver.discard()
+        solver.on_restore()
+        progress.stop_reason = "diverged"
+        warnings.warn(
+            f"Training diverged: the epoch loss rose from {best:.4g} to {last:.4g}; the "
+            f"weights of the epoch with the lowest loss were restored. Lower "
+            "learning_rate_init (or raise damping for K-FAC), or use larger batches.",
+            RuntimeWarning, stacklevel=4)
 
     def _finish(self, solver, progress, *, keep_accumulated: bool) -> None:
         self._read_report(progress)
@@ -419,12 +465,15 @@ class Trainer:
 
 
 # -- data-parallel training: every rank must take the same decisions -----------------------
-def _batch_sum(solver, pending_loss: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed loss and size of the update's batch, over all ranks of a data-parallel solver."""
+def _batch_sum(solver, loss_sum: torch.Tensor, count: int | None = None
+               ) -> tuple[torch.Tensor, int]:
+    """Summed loss and number of samples behind it (default: the update's batch), over
+    all ranks of a data-parallel solver."""
+    count = solver.n_accumulated if count is None else count
     communicator = getattr(solver, "communicator", None)
     if communicator is None or not communicator.active:
-        return pending_loss, solver.n_accumulated
-    return communicator.global_sum(pending_loss, solver.n_accumulated)
+        return loss_sum, count
+    return communicator.global_sum(loss_sum, count)
 
 
 def _check_data_parallel(solver) -> None:

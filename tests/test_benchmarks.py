@@ -363,7 +363,8 @@ def test_time_budget_criterion():
 def test_train_for_updates_is_exact(artificial):
     problem = get_problem("digits")
     data = problem.load()
-    estimator = problem.make_estimator("kfac", batch_size=32, artificial_batch_size=artificial,
+    estimator = problem.make_estimator("kfac", batch_size=32,
+                                       artificial_batch_size=artificial or 32,
                                        device="cpu", random_state=0)
     train_for_updates(estimator, data.X_train, None, 20, seed=0)
     assert estimator.n_updates_ + estimator.n_rejected_updates_ == 20

@@ -15,7 +15,9 @@ from sklearn.datasets import make_regression
 from skkfac import KFACRegressor
 from skkfac.callbacks import HOOKS, Checkpoint, ProgressBar, logger
 
-SMALL = dict(hidden_layer_sizes=(8,), batch_size=50, random_state=0, device="cpu")
+# One update per mini-batch of 50 (K-FAC would otherwise accumulate them into 128).
+SMALL = dict(hidden_layer_sizes=(8,), batch_size=50, artificial_batch_size=50, random_state=0,
+             device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -141,7 +141,8 @@ def regression_data(n=80):
 def test_fit_data_parallel_equals_a_single_process_fit():
     """Unshuffled, rank r's share of batch k are the rows r, r+2, ... of it: same fit."""
     X, y = regression_data()
-    estimator = KFACRegressor(hidden_layer_sizes=(6,), batch_size=40, max_iter=3,
+    estimator = KFACRegressor(hidden_layer_sizes=(6,), batch_size=40, artificial_batch_size=40,
+                              max_iter=3,
                               shuffle=False, fisher="exact", curvature_batch_size=None,
                               dtype="float64", random_state=0, device="cpu")
     parallel = fit_data_parallel(estimator, X, y, n_processes=2)

@@ -90,8 +90,8 @@ def test_autoencoder_transform_inverse_transform_and_score():
 
 def test_history_records_learning_curves_with_eval_set(regression_data):
     X, y = regression_data
-    reg = KFACRegressor(hidden_layer_sizes=(16,), max_iter=5, batch_size=50, eval_every=2,
-                        random_state=0).fit(X[:200], y[:200], eval_set=(X[200:], y[200:]))
+    reg = KFACRegressor(hidden_layer_sizes=(16,), max_iter=5, batch_size=50,
+                        artificial_batch_size=50, eval_every=2, random_state=0).fit(X[:200], y[:200], eval_set=(X[200:], y[200:]))
     h = reg.history_
     assert isinstance(h, pd.DataFrame)
     for column in ["update", "epoch", "samples", "time", "train_loss", "eval_loss",
@@ -116,7 +116,7 @@ def test_artificial_batch_size_equals_real_batch(regression_data):
     X, y = regression_data
     common = dict(hidden_layer_sizes=(8,), fisher="exact", shuffle=False, max_iter=2,
                   random_state=0, dtype="float64", tol=0.0)
-    whole = KFACRegressor(batch_size=100, **common).fit(X, y)
+    whole = KFACRegressor(batch_size=100, artificial_batch_size=100, **common).fit(X, y)
     parts = KFACRegressor(batch_size=25, artificial_batch_size=100, **common).fit(X, y)
     assert whole.n_updates_ == parts.n_updates_ == 6
     np.testing.assert_allclose(whole.predict(X), parts.predict(X), rtol=1e-8)
@@ -188,7 +188,8 @@ def test_warm_start_and_partial_fit_continue(regression_data):
         updates = reg.n_updates_
         reg.fit(X, y)
     assert reg.n_updates_ > updates and reg.n_iter_ == 6
-    inc = KFACRegressor(hidden_layer_sizes=(8,), batch_size=100, random_state=0)
+    inc = KFACRegressor(hidden_layer_sizes=(8,), batch_size=100, artificial_batch_size=100,
+                        random_state=0)
     for _ in range(3):
         inc.partial_fit(X, y)
     assert inc.n_iter_ == 3 and inc.n_updates_ == 9

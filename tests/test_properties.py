@@ -189,6 +189,8 @@ def fit_or_clear_error(estimator, X, y):
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.filterwarnings("ignore", message=".*diverged", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message="Got batch_size", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*accumulated into updates",
+                                category=UserWarning)
         try:
             estimator.fit(X) if y is None else estimator.fit(X, y)
         except CLEAR_ERRORS as error:

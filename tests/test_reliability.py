@@ -147,7 +147,7 @@ def test_interrupted_continuation_keeps_the_previous_model(regression_data, monk
                                                            error, how, solver):
     X, y = regression_data
     reg = KFACRegressor(hidden_layer_sizes=(8,), solver=solver, batch_size=50,
-                        warm_start=how == "warm_start", **FAST)
+                        artificial_batch_size=50, warm_start=how == "warm_start", **FAST)
     quiet_fit(reg, X, y)
     state = fitted_state(reg)
     fail_at_step(monkeypatch, error)

@@ -137,6 +137,22 @@ class BaseKFACEstimator(BaseEstimator):
                           stacklevel=4)
         return min(self.batch_size, n_samples)
 
+    def _effective_update_size(self, batch_size: int, n_samples: int) -> int | None:
+        """``artificial_batch_size``, or the solver's :attr:`min_update_size` (capped at
+        ``n_samples``) when mini-batches are smaller than that and none was given."""
+        if self.artificial_batch_size is not None:
+            return self.artificial_batch_size
+        smallest = min(self.solver_.min_update_size, n_samples)
+        if batch_size >= smallest:
+            return None
+        warnings.warn(
+            f"solver={self.solver!r} makes updates of at least "
+            f"{self.solver_.min_update_size} samples (it estimates the curvature on "
+            f"them): mini-batches of batch_size={batch_size} are accumulated into "
+            f"updates of {smallest} samples. Set artificial_batch_size to choose the "
+            "number of samples per update.", UserWarning, stacklevel=4)
+        return smallest
+
     def _to_tensor(self, array, *, integer: bool = False) -> torch.Tensor:
         # The fitted network's dtype, whatever set_params has changed since.
         dtype = torch.int64 if integer else next(self.model_.parameters()).dtype
@@ -232,9 +248,11 @@ class BaseKFACEstimator(BaseEstimator):
         X_t = self._to_tensor(X_train)
         y_t = self._to_tensor(y_train, integer=self._loss_name == "cross_entropy")
 
+        batch_size = self._effective_batch_size(X_train.shape[0])
         config = TrainingConfig(
-            batch_size=self._effective_batch_size(X_train.shape[0]),
-            artificial_batch_size=self.artificial_batch_size, max_epochs=self.max_iter,
+            batch_size=batch_size,
+            artificial_batch_size=self._effective_update_size(batch_size, X_train.shape[0]),
+            max_epochs=self.max_iter,
             max_time=self.max_time, tol=self.tol, n_iter_no_change=self.n_iter_no_change,
             early_stopping=validate is not None, eval_every=self.eval_every,
             eval_interval=self.eval_interval, shuffle=self.shuffle, deadline=deadline,

@@ -47,7 +47,9 @@ OWN_PARAMETERS = {
         "Samples per update: gradients (and K-FAC's curvature statistics) of consecutive "
         "mini-batches are summed until this many samples are reached, then one update is "
         "made. Must be ``>= batch_size``; with ``batch_size='auto'`` the mini-batches are "
-        "made no larger than it. ``None``: one update per mini-batch."),
+        "made no larger than it. ``None``: one update per mini-batch, except that "
+        "K-FAC makes updates of at least 128 samples (its curvature is estimated on "
+        "them): smaller mini-batches are accumulated, with a warning."),
     "max_iter": ("int, default=200", "Maximum number of epochs."),
     "max_time": (
         "float or None, default=None",

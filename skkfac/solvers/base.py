@@ -55,6 +55,10 @@ class Solver:
     auto_batch_size_rule: ClassVar[str | None] = None
     #: Whether a diverged update can be undone and training continued.
     recovers_from_divergence = False
+    #: Fewest samples an update should hold. When ``batch_size`` is smaller and no
+    #: ``artificial_batch_size`` is given, the estimators accumulate mini-batches into
+    #: updates of this size (at most ``n_samples``) and say so.
+    min_update_size: ClassVar[int] = 1
 
     def __init__(self, model: nn.Module, loss="squared_error", *, alpha: float = 0.0):
         self.model = model

@@ -1,0 +1,179 @@
+"""Step control under noisy curvature, small batches and the stopping rules (issue 21).
+
+Each behaviour is checked against an independent computation: a brute-force minimum of
+the constrained plane model, the factors as they stood before an update, the exact mean
+loss over an epoch's samples.
+"""
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.datasets import make_classification
+from sklearn.exceptions import ConvergenceWarning
+
+from skkfac import KFAC, KFACClassifier, KFACRegressor
+from skkfac.curvature.control import minimise_plane_model
+from skkfac.nn import build_mlp
+
+
+# -- the bounded plane model -------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.floats(0.1, 10), st.floats(0.1, 10), st.floats(-0.99, 0.99),
+       st.floats(-5, 5), st.floats(-5, 5), st.floats(0.0, 0.5), st.floats(0.5, 1.5))
+def test_bounded_momentum_is_the_constrained_minimum(a, c, correlation, l0, l1, low, high):
+    """Against a brute-force search of the strip ``low <= c1 <= high``."""
+    b = correlation * np.sqrt(a * c)
+    matrix = torch.tensor([[a, b], [b, c]], dtype=torch.float64)
+    linear = torch.tensor([l0, l1], dtype=torch.float64)
+    solution = minimise_plane_model(matrix, linear, momentum_bounds=(low, high))
+
+    def model(c0, c1):
+        x = np.array([c0, c1])
+        return x @ linear.numpy() + 0.5 * x @ matrix.numpy() @ x
+
+    # For each c1 on a fine grid the best c0 is exact: the minimum over the strip.
+    best = min(model(-(l0 + b * c1) / a, c1) for c1 in np.linspace(low, high, 2001))
+    assert low - 1e-12 <= float(solution[1]) <= high + 1e-12
+    assert model(*solution.numpy()) <= best + 1e-9
+
+
+def test_bounds_that_hold_the_optimum_change_nothing():
+    matrix = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    linear = torch.tensor([-1.0, -0.8], dtype=torch.float64)
+    free = minimise_plane_model(matrix, linear)
+    assert 0 < float(free[1]) < 0.9
+    torch.testing.assert_close(minimise_plane_model(matrix, linear, (0.0, 0.9)), free)
+
+
+def test_kfac_adaptive_momentum_stays_within_its_bounds():
+    torch.manual_seed(0)
+    X, y = torch.randn(256, 6), torch.randint(0, 3, (256,))
+    model = build_mlp(6, (16,), 3)
+    opt = KFAC(model, "cross_entropy", random_state=0, curvature_batch_size=8)
+    momenta = []
+    for start in itertools.islice(itertools.cycle(range(0, 256, 32)), 40):
+        opt.accumulate(X[start:start + 32], y[start:start + 32])
+        momenta.append(float(opt.step().fetch()["momentum"]))
+    low, high = KFAC.MOMENTUM_BOUNDS
+    assert min(momenta) >= low and max(momenta) <= high
+    assert max(momenta) > 0  # momentum is used, not switched off
+
+
+# -- the inverses do not see the rows that judge the step ------------------------------------
+def test_refreshed_inverses_come_from_the_factors_before_the_update():
+    torch.manual_seed(0)
+    X = torch.randn(64, 5, dtype=torch.float64)
+    Y = torch.randn(64, 2, dtype=torch.float64)
+    model = build_mlp(5, (7,), 2, dtype=torch.float64)
+    opt = KFAC(model, "squared_error", inv_update_freq=1, adapt_damping=False,
+               damping_scheme="eigen", random_state=0)
+    opt.accumulate(X[:32], Y[:32])
+    opt.step()  # the first update: its own factors (there are no others)
+    before = [(block.A.clone(), block.G.clone()) for block in opt.blocks]
+    opt.accumulate(X[32:], Y[32:])
+    opt.step()
+    damping = opt.absolute_damping
+    for block, (A, G) in zip(opt.blocks, before):
+        assert not torch.allclose(block.A, A)  # the new rows were folded in afterwards
+        gradient = torch.randn(G.shape[0], A.shape[0], dtype=torch.float64)
+        # (A ⊗ G + λI) vec(X) = vec(V), vec stacking columns: G X A + λ X = V.
+        damped = torch.kron(A, G) + damping * torch.eye(A.shape[0] * G.shape[0])
+        explicit = torch.linalg.solve(damped, gradient.T.reshape(-1))
+        explicit = explicit.reshape(A.shape[0], G.shape[0]).T
+        torch.testing.assert_close(block.inverse.apply(gradient), explicit)
+
+
+# -- small batches ---------------------------------------------------------------------------
+def small_classification():
+    X, y = make_classification(200, n_features=5, n_informative=3, n_redundant=0,
+                               n_classes=3, random_state=0)
+    return X, y
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 16])
+def test_kfac_trains_with_tiny_batches(batch_size):
+    X, y = small_classification()
+    clf = KFACClassifier(hidden_layer_sizes=(8,), batch_size=batch_size, max_iter=40,
+                         random_state=0)
+    with pytest.warns(UserWarning, match="accumulated into updates of 128 samples"):
+        clf.fit(X, y)
+    assert clf.stop_reason_ != "diverged"
+    assert clf.score(X, y) >= 0.6
+    assert clf.n_updates_ <= 40 * 200 // 128 + 1  # updates of 128 samples, not of batches
+
+
+def test_an_explicit_artificial_batch_size_is_kept():
+    X, y = small_classification()
+    clf = KFACClassifier(hidden_layer_sizes=(8,), batch_size=4, artificial_batch_size=8,
+                         max_iter=2, random_state=0, tol=0, n_iter_no_change=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+    assert clf.n_updates_ == 2 * 200 // 8
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_first_order_solvers_keep_their_batches(solver):
+    X, y = small_classification()
+    clf = KFACClassifier(hidden_layer_sizes=(8,), solver=solver, batch_size=4, max_iter=1,
+                         random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+    assert clf.n_updates_ == 50
+
+
+# -- the epoch loss and the stopping rule -----------------------------------------------------
+@pytest.mark.parametrize("batch_size, artificial", [(16, None), (16, 48), (7, 21)])
+def test_epoch_loss_is_the_mean_over_the_epochs_own_samples(batch_size, artificial):
+    """With a learning rate too small to move the weights, every epoch's loss is the loss
+    of the whole training set, however the updates straddle the epochs."""
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(150, 3), rng.randn(150)
+    reg = KFACRegressor(hidden_layer_sizes=(5,), solver="sgd", learning_rate_init=1e-300,
+                        momentum=0.0, batch_size=batch_size, artificial_batch_size=artificial,
+                        max_iter=4, random_state=0, dtype="float64", shuffle=True,
+                        tol=0, n_iter_no_change=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        reg.fit(X, y)
+    full = float(np.mean((reg.predict(X) - y) ** 2))
+    np.testing.assert_allclose(reg.loss_curve_, full, rtol=1e-10)
+
+
+def test_a_loss_that_blows_up_at_the_end_is_not_convergence(monkeypatch):
+    """The epoch rule would call this converged; the best epoch's weights come back."""
+    from skkfac.solvers.sgd import NesterovSGD
+
+    rng = np.random.RandomState(0)
+    X = rng.randn(200, 3)
+    y = X @ rng.randn(3)
+    original = NesterovSGD.step
+    calls = {"n": 0}
+
+    def step(self):
+        calls["n"] += 1
+        report = original(self)
+        if calls["n"] > 60:  # from epoch 7 on, every update leaves a constant output
+            with torch.no_grad():
+                self.layers[-1].weight.zero_()
+                self.layers[-1].bias.fill_(2.0)
+        return report
+
+    monkeypatch.setattr(NesterovSGD, "step", step)
+    reg = KFACRegressor(hidden_layer_sizes=(5,), solver="sgd", batch_size=20, max_iter=30,
+                        n_iter_no_change=3, random_state=0)
+    with pytest.warns(RuntimeWarning, match="epoch loss rose"):
+        reg.fit(X, y)
+    assert reg.stop_reason_ == "diverged"
+    best = int(np.argmin(reg.loss_curve_))
+    assert best < 7
+    assert reg.loss_curve_[-1] > 2 * reg.loss_curve_[best]
+    assert reg.score(X, y) > 0.5
