@@ -30,6 +30,7 @@ import numpy as np
 
 #: Parameters every benchmark estimator gets: time is the only stopping rule.
 BENCH_ESTIMATOR_DEFAULTS = dict(max_iter=10**9, n_iter_no_change=10**9, tol=0.0,
+                                early_stopping=False,
                                 dtype="float32")
 
 MNIST_ENCODER = (1000, 500, 250, 30)

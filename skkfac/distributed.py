@@ -353,7 +353,7 @@ def fit_data_parallel(estimator, X, y=None, *, n_processes: int = 2, backend=Non
 
     if getattr(estimator, "solver", None) != "kfac":
         raise ValueError("fit_data_parallel trains solver='kfac' only.")
-    if getattr(estimator, "early_stopping", False):
+    if getattr(estimator, "early_stopping", False) is True:
         raise ValueError("fit_data_parallel does not support early_stopping=True (each "
                          "rank would score its own validation split).")
     if int(n_processes) < 1:
@@ -375,6 +375,7 @@ def fit_data_parallel(estimator, X, y=None, *, n_processes: int = 2, backend=Non
         backend = ("nccl" if estimator.device != "cpu"
                    and torch.cuda.device_count() >= n_processes else "gloo")
     per_rank = clone(estimator).set_params(
+        early_stopping=False,  # 'auto' too: every rank would hold out its own split
         **_per_rank_params(estimator, X.shape[0] - X.shape[0] % n_processes, n_processes))
     if backend == "gloo" and estimator.device != "cpu":
         if estimator.device != "auto":

@@ -411,6 +411,10 @@ class Trainer:
         progress.no_improvement_count = 0 if improved else progress.no_improvement_count + 1
         return progress.no_improvement_count > self.config.n_iter_no_change
 
+    @staticmethod
+    def _stopped_within_epoch(progress) -> bool:
+        return progress.stop_reason in ("max_time", "max_wall_time")
+
     def _keep_best_epoch(self, solver) -> None:
         """Copy the weights at the end of the epoch with the lowest training loss."""
         with torch.no_grad():
@@ -445,6 +449,12 @@ class Trainer:
 
     def _finish(self, solver, progress, *, keep_accumulated: bool) -> None:
         self._read_report(progress)
+        if self._best_weights is not None and self._stopped_within_epoch(progress):
+            # The weights reached since the last epoch's validation may be the best yet.
+            score = self.validate()
+            if score >= progress.best_validation_score:
+                progress.best_validation_score = score
+                self._best_weights = None
         if self._best_weights is None:
             self._check_last_update(solver, progress)
         with torch.no_grad():

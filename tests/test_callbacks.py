@@ -16,8 +16,8 @@ from skkfac import KFACRegressor
 from skkfac.callbacks import HOOKS, Checkpoint, ProgressBar, logger
 
 # One update per mini-batch of 50 (K-FAC would otherwise accumulate them into 128).
-SMALL = dict(hidden_layer_sizes=(8,), batch_size=50, artificial_batch_size=50, random_state=0,
-             device="cpu")
+SMALL = dict(hidden_layer_sizes=(8,), batch_size=50, artificial_batch_size=50,
+             early_stopping=False, random_state=0, device="cpu")
 
 
 @pytest.fixture(scope="module")

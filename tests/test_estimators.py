@@ -91,7 +91,8 @@ def test_autoencoder_transform_inverse_transform_and_score():
 def test_history_records_learning_curves_with_eval_set(regression_data):
     X, y = regression_data
     reg = KFACRegressor(hidden_layer_sizes=(16,), max_iter=5, batch_size=50,
-                        artificial_batch_size=50, eval_every=2, random_state=0).fit(X[:200], y[:200], eval_set=(X[200:], y[200:]))
+                        artificial_batch_size=50, early_stopping=False, eval_every=2,
+                        random_state=0).fit(X[:200], y[:200], eval_set=(X[200:], y[200:]))
     h = reg.history_
     assert isinstance(h, pd.DataFrame)
     for column in ["update", "epoch", "samples", "time", "train_loss", "eval_loss",
@@ -115,7 +116,7 @@ def test_autoencoder_eval_set_is_inputs_only():
 def test_artificial_batch_size_equals_real_batch(regression_data):
     X, y = regression_data
     common = dict(hidden_layer_sizes=(8,), fisher="exact", shuffle=False, max_iter=2,
-                  random_state=0, dtype="float64", tol=0.0)
+                  random_state=0, dtype="float64", tol=0.0, early_stopping=False)
     whole = KFACRegressor(batch_size=100, artificial_batch_size=100, **common).fit(X, y)
     parts = KFACRegressor(batch_size=25, artificial_batch_size=100, **common).fit(X, y)
     assert whole.n_updates_ == parts.n_updates_ == 6

@@ -31,7 +31,8 @@ def test_auto_batch_size_grows_with_the_curvature_rows_and_the_width():
 def test_estimators_use_the_solvers_preferred_batch_size():
     X = np.random.RandomState(0).rand(3000, 20)
     y = X.sum(axis=1)
-    reg = KFACRegressor(hidden_layer_sizes=(30,), max_iter=1, random_state=0).fit(X, y)
+    reg = KFACRegressor(hidden_layer_sizes=(30,), max_iter=1, early_stopping=False,
+                        random_state=0).fit(X, y)
     expected = reg.solver_.preferred_batch_size()
     assert reg._effective_batch_size(10**6) == expected
     assert reg._effective_batch_size(100) == 100

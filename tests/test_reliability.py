@@ -210,7 +210,7 @@ def test_artificial_batch_size_below_the_automatic_batch_size_is_honoured(
     artificial = 300 // updates_per_epoch
     reg = quiet_fit(KFACRegressor(hidden_layer_sizes=(4,), solver=solver,
                                   artificial_batch_size=artificial, max_iter=1,
-                                  device="cpu", random_state=0), X, y)
+                                  early_stopping=False, device="cpu", random_state=0), X, y)
     assert reg.n_updates_ == updates_per_epoch
 
 

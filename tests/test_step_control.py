@@ -110,7 +110,8 @@ def test_kfac_trains_with_tiny_batches(batch_size):
 def test_an_explicit_artificial_batch_size_is_kept():
     X, y = small_classification()
     clf = KFACClassifier(hidden_layer_sizes=(8,), batch_size=4, artificial_batch_size=8,
-                         max_iter=2, random_state=0, tol=0, n_iter_no_change=100)
+                         max_iter=2, random_state=0, tol=0, n_iter_no_change=100,
+                         early_stopping=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -64,7 +64,7 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
                  curvature_batch_size=128, precondition_precision="auto",
                  rejection_ratio=2.0,
                  max_iter=200, max_time=None, max_wall_time=None, tol=1e-4,
-                 n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
+                 n_iter_no_change=10, early_stopping="auto", validation_fraction=0.1,
                  shuffle=True, eval_every=None, eval_interval=None, random_state=None,
                  verbose=False, callbacks=None, warm_start=False, device="auto",
                  dtype="float32", n_threads=None):

@@ -7,6 +7,7 @@ the network has, which loss it trains and how a held-out set is scored.
 from __future__ import annotations
 
 import inspect
+import math
 import time
 import warnings
 from numbers import Integral, Real
@@ -73,7 +74,7 @@ class BaseKFACEstimator(BaseEstimator):
         "max_wall_time": [None, Interval(Real, 0, None, closed="neither")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
-        "early_stopping": ["boolean"],
+        "early_stopping": [StrOptions({"auto"}), "boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "shuffle": ["boolean"],
         "eval_every": [None, Interval(Integral, 1, None, closed="left")],
@@ -136,6 +137,24 @@ class BaseKFACEstimator(BaseEstimator):
                           f"samples ({n_samples}); using {n_samples}.", UserWarning,
                           stacklevel=4)
         return min(self.batch_size, n_samples)
+
+    #: ``early_stopping='auto'`` holds out a validation split only when it gets at least
+    #: this many samples (and a classifier's every class at least twice in the data).
+    MIN_AUTO_VALIDATION_SAMPLES = 10
+
+    def _early_stopping_enabled(self, y_encoded) -> bool:
+        """``early_stopping``, with ``'auto'`` resolved for the solver and the data."""
+        if self.early_stopping != "auto":
+            return bool(self.early_stopping)
+        if not get_solver(self.solver).early_stopping_by_default or _data_parallel():
+            return False  # data-parallel: every rank would hold out its own split
+        n_validation = math.ceil(self.validation_fraction * len(y_encoded))
+        if n_validation < self.MIN_AUTO_VALIDATION_SAMPLES:
+            return False
+        if self._loss_name == "cross_entropy":  # a stratified split must be possible
+            counts = np.unique(y_encoded, return_counts=True)[1]
+            return counts.min() >= 2 and n_validation >= len(counts)
+        return True
 
     def _effective_update_size(self, batch_size: int, n_samples: int) -> int | None:
         """``artificial_batch_size``, or the solver's :attr:`min_update_size` (capped at
@@ -239,7 +258,8 @@ class BaseKFACEstimator(BaseEstimator):
 
         X_train, y_train = X, y_encoded
         validate = None
-        if self.early_stopping and not incremental:
+        self.do_early_stopping_ = not incremental and self._early_stopping_enabled(y_encoded)
+        if self.do_early_stopping_:
             X_train, X_val, y_train, y_val = self._validation_split(X, y_encoded, rng)
             X_val_t = self._to_tensor(X_val)
             y_val_t = self._to_tensor(y_val, integer=self._loss_name == "cross_entropy")
@@ -321,7 +341,7 @@ class BaseKFACEstimator(BaseEstimator):
         self.n_rejected_updates_ = progress.n_rejected_updates
         self.stop_reason_ = progress.stop_reason
         self.history_ = pd.DataFrame(progress.history)
-        if self.early_stopping and not incremental:
+        if self.do_early_stopping_:
             self.validation_scores_ = list(progress.validation_scores)
             self.best_validation_score_ = progress.best_validation_score
             self.best_loss_ = None
@@ -416,3 +436,10 @@ class BaseKFACEstimator(BaseEstimator):
         self.__dict__.update(fitted)
         for parameter, gradient in zip(self.model_.parameters(), gradients):
             parameter.grad = gradient
+
+
+def _data_parallel() -> bool:
+    """Whether this process is one of several ranks of a torch.distributed group."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

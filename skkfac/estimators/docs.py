@@ -68,9 +68,13 @@ OWN_PARAMETERS = {
         "int, default=10",
         "Epochs without an improvement of ``tol`` after which training stops."),
     "early_stopping": (
-        "bool, default=False",
+        "'auto' or bool, default='auto'",
         "Hold out ``validation_fraction`` of the data, stop on its score, and restore the "
-        "best weights."),
+        "best weights (a fit stopped by ``max_time`` keeps its last weights when they "
+        "score better). ``'auto'``: on for K-FAC, whose fast fits overfit small noisy "
+        "data sets otherwise, off for SGD and Adam (scikit-learn's default); "
+        "``do_early_stopping_`` says what a fit did. ``partial_fit`` never holds data "
+        "out."),
     "validation_fraction": (
         "float, default=0.1",
         "Share of the training data held out when ``early_stopping``."),
