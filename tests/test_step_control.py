@@ -178,3 +178,86 @@ def test_a_loss_that_blows_up_at_the_end_is_not_convergence(monkeypatch):
     assert best < 7
     assert reg.loss_curve_[-1] > 2 * reg.loss_curve_[best]
     assert reg.score(X, y) > 0.5
+
+
+# -- early_stopping='auto' ---------------------------------------------------------------------
+def noisy_regression(n=400, seed=0):
+    rng = np.random.RandomState(seed)
+    X = rng.randn(n, 8)
+    return X, X[:, 0] + 2.0 * rng.randn(n)  # mostly noise: easy to overfit
+
+
+@pytest.mark.parametrize("solver, expected", [("kfac", True), ("sgd", False), ("adam", False)])
+def test_auto_early_stopping_is_on_for_kfac_regression_only(solver, expected):
+    X, y = noisy_regression()
+    reg = KFACRegressor(hidden_layer_sizes=(16,), solver=solver, max_iter=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        reg.fit(X, y)
+    assert reg.do_early_stopping_ is expected
+    assert (reg.validation_scores_ is not None) is expected
+    # Trained on 90 % of the rows with the split, on all of them without it.
+    assert reg.t_ == reg.n_iter_ * (360 if expected else 400)
+
+
+def test_auto_early_stopping_is_off_for_classifiers_tiny_data_and_partial_fit():
+    X, y = small_classification()
+    assert not KFACClassifier(hidden_layer_sizes=(4,), max_iter=2).fit(X, y).do_early_stopping_
+    X, y = noisy_regression(n=90)  # a split of 9 samples is too small to judge on
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        assert not KFACRegressor(hidden_layer_sizes=(4,), max_iter=2).fit(X, y).do_early_stopping_
+        reg = KFACRegressor(hidden_layer_sizes=(4,)).partial_fit(*noisy_regression())
+    assert not reg.do_early_stopping_
+
+
+def test_auto_early_stopping_keeps_kfac_from_fitting_the_noise():
+    """On a mostly-noise regression K-FAC without a split fits the noise; with the
+    default it does not (the defaults benchmark's diabetes and forest-fires cells)."""
+    X, y = noisy_regression(seed=1)
+    X_test, y_test = noisy_regression(n=2000, seed=2)
+    scores = {}
+    for early_stopping in ("auto", False):
+        reg = KFACRegressor(hidden_layer_sizes=(100,), early_stopping=early_stopping,
+                            random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            reg.fit(X, y)
+        scores[early_stopping] = reg.score(X_test, y_test)
+    assert scores["auto"] > scores[False] + 0.1
+    assert scores["auto"] > 0.0
+
+
+@pytest.mark.parametrize("final_score, keeps_last", [(0.9, True), (0.05, False)])
+def test_a_max_time_stop_keeps_its_last_weights_when_they_validate_better(
+        monkeypatch, final_score, keeps_last):
+    """Stopped by max_time within an epoch, the weights reached since the last epoch's
+    validation are kept if they score better than the best epoch's, else restored."""
+    import skkfac.training
+
+    class FakeTime:  # every mini-batch of the training loop lasts half a second
+        now = 0.0
+
+        @classmethod
+        def perf_counter(cls):
+            cls.now += 0.5
+            return cls.now
+
+    monkeypatch.setattr(skkfac.training, "time", FakeTime)
+    scores = iter([0.1, 0.2, final_score])  # epoch 1, epoch 2, the stop
+    monkeypatch.setattr(KFACRegressor, "_evaluate_tensors",
+                        lambda self, X, y: (0.0, next(scores)))
+    epoch_ends = []
+
+    class Snapshot:
+        def on_epoch_end(self, event):
+            epoch_ends.append([p.detach().clone() for p in event.estimator.model_.parameters()])
+
+    X, y = noisy_regression()
+    reg = KFACRegressor(hidden_layer_sizes=(4,), batch_size=180, artificial_batch_size=180,
+                        max_time=2.5, callbacks=[Snapshot()], random_state=0)
+    reg.fit(X, y)
+    assert reg.stop_reason_ == "max_time" and reg.n_iter_ == 2 and reg.n_updates_ == 5
+    assert reg.best_validation_score_ == max(0.2, final_score)
+    restored = all(torch.equal(p, q) for p, q in zip(reg.model_.parameters(), epoch_ends[-1]))
+    assert restored is not keeps_last

@@ -139,22 +139,18 @@ class BaseKFACEstimator(BaseEstimator):
         return min(self.batch_size, n_samples)
 
     #: ``early_stopping='auto'`` holds out a validation split only when it gets at least
-    #: this many samples (and a classifier's every class at least twice in the data).
+    #: this many samples.
     MIN_AUTO_VALIDATION_SAMPLES = 10
 
     def _early_stopping_enabled(self, y_encoded) -> bool:
         """``early_stopping``, with ``'auto'`` resolved for the solver and the data."""
         if self.early_stopping != "auto":
             return bool(self.early_stopping)
-        if not get_solver(self.solver).early_stopping_by_default or _data_parallel():
-            return False  # data-parallel: every rank would hold out its own split
-        n_validation = math.ceil(self.validation_fraction * len(y_encoded))
-        if n_validation < self.MIN_AUTO_VALIDATION_SAMPLES:
+        if (self._loss_name not in get_solver(self.solver).early_stopping_losses
+                or _data_parallel()):  # data-parallel: every rank would hold its own split
             return False
-        if self._loss_name == "cross_entropy":  # a stratified split must be possible
-            counts = np.unique(y_encoded, return_counts=True)[1]
-            return counts.min() >= 2 and n_validation >= len(counts)
-        return True
+        n_validation = math.ceil(self.validation_fraction * len(y_encoded))
+        return n_validation >= self.MIN_AUTO_VALIDATION_SAMPLES
 
     def _effective_update_size(self, batch_size: int, n_samples: int) -> int | None:
         """``artificial_batch_size``, or the solver's :attr:`min_update_size` (capped at

@@ -71,8 +71,11 @@ OWN_PARAMETERS = {
         "'auto' or bool, default='auto'",
         "Hold out ``validation_fraction`` of the data, stop on its score, and restore the "
         "best weights (a fit stopped by ``max_time`` keeps its last weights when they "
-        "score better). ``'auto'``: on for K-FAC, whose fast fits overfit small noisy "
-        "data sets otherwise, off for SGD and Adam (scikit-learn's default); "
+        "score better). ``'auto'``: on for K-FAC with the squared error (the regressor "
+        "and the autoencoder), whose fast fits overfit small noisy data sets otherwise; "
+        "off for the classifier and for SGD and Adam (scikit-learn's default); off too "
+        "when the split would hold fewer than 10 samples or under data-parallel "
+        "training; "
         "``do_early_stopping_`` says what a fit did. ``partial_fit`` never holds data "
         "out."),
     "validation_fraction": (
@@ -139,7 +142,10 @@ FITTED_ATTRIBUTES = """\
         report them) and cumulative per-phase seconds ``time_<phase>`` for solvers that
         have phases.
     loss_curve_ : list of float
-        Mean training loss of each epoch.
+        Mean training loss of each epoch, over that epoch's samples.
+    do_early_stopping_ : bool
+        Whether the last ``fit`` held out a validation split (``early_stopping``
+        resolved; False after ``partial_fit``).
     loss_ : float
         Last entry of ``loss_curve_``.
     best_loss_ : float or None

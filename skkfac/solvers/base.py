@@ -59,8 +59,9 @@ class Solver:
     #: ``artificial_batch_size`` is given, the estimators accumulate mini-batches into
     #: updates of this size (at most ``n_samples``) and say so.
     min_update_size: ClassVar[int] = 1
-    #: What the estimators' ``early_stopping='auto'`` means for this solver.
-    early_stopping_by_default: ClassVar[bool] = False
+    #: The losses (:mod:`skkfac.losses` names) for which the estimators'
+    #: ``early_stopping='auto'`` holds out a validation split with this solver.
+    early_stopping_losses: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module, loss="squared_error", *, alpha: float = 0.0):
         self.model = model
