@@ -161,14 +161,18 @@ def updates_of(estimator) -> float:
     return math.nan
 
 
-def fit_tabular(X, y, kind: str, method: str, seed: int, threads: int) -> dict:
-    """Split, fit and score one method on one set with one seed: a runs.csv row's values."""
+def fit_tabular(X, y, kind: str, method: str, seed: int, threads: int, *,
+                model_factory=make_model) -> dict:
+    """Split, fit and score one method on one set with one seed: a runs.csv row's values.
+
+    ``model_factory(method, kind, seed, threads)`` builds the model (default
+    :func:`make_model`; :mod:`benchmarks.early_stopping` changes a parameter)."""
     from sklearn.model_selection import train_test_split
 
     stratify = y if kind == "classification" else None
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=TEST_SIZE, random_state=seed, stratify=stratify)
-    model = make_model(method, kind, seed, threads)
+    model = model_factory(method, kind, seed, threads)
     seconds, warned = timed_fit(model, X_train, y_train,
                                 threads=threads if method in REFERENCES else None)
     inner = final_estimator(model)

@@ -36,6 +36,10 @@ class SquaredError:
     name = "squared_error"
 
     def per_example(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.shape != output.shape:  # (n, 1) against (n,) would broadcast to (n, n)
+            raise ValueError(f"The target's shape {tuple(target.shape)} differs from the "
+                             f"output's {tuple(output.shape)}: give targets of the "
+                             "output's shape (e.g. y[:, None] for one output).")
         return (output - target).square().mean(dim=1)
 
     def sample_targets(self, output: torch.Tensor, generator=None) -> torch.Tensor:
@@ -126,4 +130,10 @@ def get_loss(loss) -> SquaredError | CrossEntropy:
             return LOSSES[loss]()
         except KeyError:
             raise ValueError(f"Unknown loss {loss!r}; expected one of {sorted(LOSSES)}.") from None
-    return loss
+    if isinstance(loss, tuple(LOSSES.values())):
+        return loss
+    # A torch loss module (nn.MSELoss...) knows nothing of sampling targets or of its
+    # Fisher: name the distribution instead.
+    raise TypeError(f"loss must be one of {sorted(LOSSES)} or a skkfac.losses object, got "
+                    f"{loss!r}; for nn.MSELoss use 'squared_error', for "
+                    "nn.CrossEntropyLoss 'cross_entropy'.")

@@ -199,7 +199,7 @@ class Trainer:
             if converged:
                 progress.stop_reason = "converged"
                 break
-            if self._past_deadline():
+            if self._past_deadline(solver):
                 progress.stop_reason = "max_wall_time"
                 break
         else:
@@ -255,7 +255,7 @@ class Trainer:
                 return None
             if self._evaluation_due(progress):
                 self._record(solver, progress)
-            if self._past_deadline():
+            if self._past_deadline(solver):
                 progress.stop_reason = "max_wall_time"
                 return None
         total, count = _batch_sum(solver, epoch_sum, n)
@@ -364,8 +364,17 @@ class Trainer:
             "with a StandardScaler) and the inputs (StandardScaler), or use "
             "dtype='float64'.")
 
-    def _past_deadline(self) -> bool:
-        return self.config.deadline is not None and time.perf_counter() >= self.config.deadline
+    def _past_deadline(self, solver) -> bool:
+        """Whether ``max_wall_time`` has run out; data-parallel, on any rank (each rank's
+        clock started on its own: deciding alone, one rank left the others waiting in a
+        collective, which died with "Connection reset by peer")."""
+        if self.config.deadline is None:
+            return False
+        past = time.perf_counter() >= self.config.deadline
+        communicator = getattr(solver, "communicator", None)
+        if communicator is not None and communicator.active:
+            return communicator.max(float(past)) > 0
+        return past
 
     # -- evaluation and stopping rules ----------------------------------------------------
     def _evaluation_due(self, progress: TrainingProgress) -> bool:

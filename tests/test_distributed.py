@@ -1,5 +1,6 @@
 """Data-parallel K-FAC: 2 gloo ranks on half a batch each = 1 process on the whole batch."""
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -62,6 +63,13 @@ def _rank(rank, world_size, init_file, out_dir):
         rows = slice(rank * share, (rank + 1) * share)
         results = {name: train(options, ddp, rows) for name, (options, ddp) in CASES.items()}
         results["max_time"] = fit_with_time_budget(rank, world_size)
+        results["max_wall_time"] = fit_with_wall_deadline(rank, world_size)
+        results["sampled_after_load"] = sample_after_load_state_dict()
+        try:
+            KFACRegressor(early_stopping=True).fit(*regression_data(50))
+            results["early_stopping"] = "fitted"
+        except ValueError as error:
+            results["early_stopping"] = str(error)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -79,6 +87,33 @@ def fit_with_time_budget(rank, world_size):
                 weights=[p.detach().clone() for p in estimator.model_.parameters()])
 
 
+def fit_with_wall_deadline(rank, world_size):
+    """max_wall_time from clocks that started 0.3 s apart: the ranks still stop together."""
+    import time
+
+    X, y = regression_data(400)
+    rows = shard_indices(len(X), rank, world_size)
+    time.sleep(0.3 * rank)
+    estimator = KFACRegressor(hidden_layer_sizes=(16,), batch_size=20, max_iter=10**6,
+                              tol=0.0, n_iter_no_change=10**6, max_wall_time=1.0,
+                              random_state=0, device="cpu").fit(X[rows], y[rows])
+    return dict(stop_reason=estimator.stop_reason_, n_updates=estimator.n_updates_,
+                weights=[p.detach().clone() for p in estimator.model_.parameters()])
+
+
+def sample_after_load_state_dict():
+    """Targets sampled by an optimizer restored from rank 0's state_dict."""
+    model = build_mlp(5, (4,), 3, generator=torch.Generator().manual_seed(0))
+    opt = KFAC(model, "squared_error", random_state=0)
+    state = [None]
+    if dist.get_rank() == 0:
+        state = [opt.state_dict()]
+    dist.broadcast_object_list(state, src=0)
+    opt.load_state_dict(state[0])
+    return opt.loss.sample_targets(torch.zeros(4, 3), generator=opt.generator)
+
+
+@functools.lru_cache(maxsize=1)
 def run_ranks(world_size=2):
     with tempfile.TemporaryDirectory() as folder:
         mp.start_processes(_rank, nprocs=world_size, start_method="spawn",
@@ -165,3 +200,19 @@ def test_fit_data_parallel_rejects_what_it_cannot_do():
     labels = np.array(["a", "b"] * 40)  # rank 0 gets every 'a', rank 1 every 'b'
     with pytest.raises(ValueError, match=r"Rank 0's shard lacks classes \['b'\]"):
         fit_data_parallel(KFACClassifier(batch_size=40), X, labels)
+
+
+def test_ranks_agree_on_max_wall_time_and_refuse_early_stopping():
+    ranks = run_ranks()
+    budgeted = [rank["max_wall_time"] for rank in ranks]
+    assert [b["stop_reason"] for b in budgeted] == ["max_wall_time", "max_wall_time"]
+    assert budgeted[0]["n_updates"] == budgeted[1]["n_updates"]
+    for a, b in zip(budgeted[0]["weights"], budgeted[1]["weights"]):
+        assert torch.equal(a, b)
+    for rank in ranks:
+        assert "early_stopping=True is not supported in data-parallel" in rank["early_stopping"]
+
+
+def test_ranks_sample_apart_after_load_state_dict():
+    first, second = (rank["sampled_after_load"] for rank in run_ranks())
+    assert not torch.allclose(first, second)

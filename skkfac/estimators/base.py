@@ -145,6 +145,10 @@ class BaseKFACEstimator(BaseEstimator):
     def _early_stopping_enabled(self, y_encoded) -> bool:
         """``early_stopping``, with ``'auto'`` resolved for the solver and the data."""
         if self.early_stopping != "auto":
+            if self.early_stopping and _data_parallel():
+                raise ValueError("early_stopping=True is not supported in data-parallel "
+                                 "training: every rank would hold out and score its own "
+                                 "validation split, and stop on its own.")
             return bool(self.early_stopping)
         if (self._loss_name not in get_solver(self.solver).early_stopping_losses
                 or _data_parallel()):  # data-parallel: every rank would hold its own split

@@ -70,6 +70,7 @@ class Solver:
         self.layers = linear_layers(model)
         if not self.layers:
             raise ValueError("The model has no nn.Linear layer to train.")
+        _check_only_linear_layers_train(model, self.layers)
         self.params = [p for layer in self.layers for p in layer.parameters()]
         self.n_accumulated = 0
         self.phase_times: dict[str, float] = {}
@@ -199,3 +200,17 @@ def clone_tensors(obj):
         items = [clone_tensors(item) for item in obj]
         return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
     return obj
+
+
+def _check_only_linear_layers_train(model: nn.Module, layers: list[nn.Linear]) -> None:
+    """Refuse a model with trainable parameters outside its ``nn.Linear`` layers: the
+    solvers update only those layers, so the others would silently never move."""
+    owned = {id(p) for layer in layers for p in layer.parameters()}
+    others = [name for name, p in model.named_parameters()
+              if p.requires_grad and id(p) not in owned]
+    if others:
+        raise ValueError(
+            f"The model has trainable parameters outside its nn.Linear layers "
+            f"({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}), which this "
+            "solver would never update: it trains nn.Linear layers only. Freeze them "
+            "(requires_grad_(False)) or train them with another optimizer.")

@@ -436,6 +436,10 @@ class KFAC(Solver, torch.optim.Optimizer):
         rng_state = shared.pop("rng_state", None)
         if rng_state is not None:
             self._set_generator_state(rng_state)
+            if self.communicator.active:  # a saved state is one rank's: draw apart again
+                seed = torch.randint(2**62, (1,), generator=self.generator,
+                                     device=self.generator.device).item()
+                self._seed_for_rank(seed)
         scheme = DAMPING_SCHEMES[self.hyper["damping_scheme"]]
         for layer, block in zip(self.layers, self.blocks):
             state = self.state[layer.weight]
@@ -501,8 +505,12 @@ class KFAC(Solver, torch.optim.Optimizer):
         if not self._gradients_averaged:  # DDP has broadcast the weights already
             with torch.no_grad():
                 comm.broadcast([p.data for p in self.params], src=0)
-        seed = int(self.generator.initial_seed())
-        self.generator.manual_seed((seed + 7919 * comm.rank) % 2**63)
+        self._seed_for_rank(int(self.generator.initial_seed()))
+
+    def _seed_for_rank(self, seed: int) -> None:
+        """Seed the sampling generator with ``seed`` offset by the rank, so that the
+        ranks draw different sampled targets."""
+        self.generator.manual_seed((seed + 7919 * self.communicator.rank) % 2**63)
 
     # -- statistics --------------------------------------------------------------------
     @contextmanager

@@ -1,0 +1,78 @@
+"""K-FAC's ``early_stopping`` settings compared on the defaults benchmark's tabular suite.
+
+Fits ``KFACRegressor``/``KFACClassifier`` at their defaults except ``early_stopping``
+(``False``, ``'auto'`` and ``True``) on every tabular set of :mod:`benchmarks.tabular`,
+with the same pipelines, splits and seeds as ``python -m benchmarks defaults``, and
+prints the median test score (R² or accuracy) and fit seconds of each setting per set.
+It is the measurement behind the default ``early_stopping='auto'``
+(``docs/user_guide/reliability.rst``, "Stopping")::
+
+    python -m benchmarks.early_stopping --data-home /work/shared/data \
+        > benchmarks/results/defaults/early_stopping.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+import numpy as np
+
+from benchmarks.defaults_report import machine_header
+from benchmarks.tabular import (
+    BUNDLED_SETS,
+    UCI_SETS,
+    fit_tabular,
+    load_tabular,
+    make_model,
+)
+
+SETTINGS = (False, "auto", True)
+
+
+def fit_with(X, y, kind: str, seed: int, threads: int, early_stopping) -> dict:
+    """:func:`~benchmarks.tabular.fit_tabular` for K-FAC with ``early_stopping`` set."""
+    def with_setting(method, kind_, seed_, threads_):
+        model = make_model(method, kind_, seed_, threads_)
+        pipeline = getattr(model, "regressor", model)
+        pipeline[-1].set_params(early_stopping=early_stopping)
+        return model
+
+    return fit_tabular(X, y, kind, "kfac", seed, threads, model_factory=with_setting)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-home", default=os.environ.get("SKKFAC_DATA"))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sets", nargs="+", default=[*BUNDLED_SETS, *UCI_SETS])
+    args = parser.parse_args(argv)
+    load_start = os.getloadavg()
+    warnings.simplefilter("ignore", UserWarning)
+    lines = []
+    for name in args.sets:
+        X, y, kind = load_tabular(name, args.data_home)
+        cells = []
+        for setting in SETTINGS:
+            runs = [fit_with(X, y, kind, seed, args.threads, setting)
+                    for seed in range(args.seeds)]
+            score = np.median([run["score"] for run in runs])
+            seconds = np.median([run["fit_seconds"] for run in runs])
+            cells.append(f"{score:8.3f} {seconds:6.2f}s")
+        lines.append(f"{name:<14}" + "".join(f"{cell:>18}" for cell in cells))
+        print(lines[-1], file=sys.stderr, flush=True)
+    header = machine_header(sys.argv if argv is None else argv, args.threads, load_start)
+    for key, value in header.items():
+        print(f"# {key}: {value}")
+    print(f"# median over {args.seeds} splits of the test score (R² for regression, "
+          "accuracy for classification) and of the fit seconds, K-FAC at its defaults "
+          "with early_stopping =")
+    print(f"{'set':<14}" + "".join(f"{str(s):>18}" for s in SETTINGS))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
