@@ -77,6 +77,7 @@ def main(argv=None):
             losses, updates = [], []
             for seed in range(args.seeds):
                 model = make_estimator(max_time=args.budget, max_iter=10**6, tol=0.0,
+                                       early_stopping=False,
                                        random_state=seed,
                                        n_threads=torch.get_num_threads(), **params)
                 model.fit(*train)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import warnings
 
@@ -64,7 +65,9 @@ def main(argv=None) -> None:
             cells.append(f"{score:8.3f} {seconds:6.2f}s")
         lines.append(f"{name:<14}" + "".join(f"{cell:>18}" for cell in cells))
         print(lines[-1], file=sys.stderr, flush=True)
-    header = machine_header(sys.argv if argv is None else argv, args.threads, load_start)
+    header = machine_header([], args.threads, load_start)
+    header["command"] = shlex.join(["python", "-m", "benchmarks.early_stopping",
+                                    *(sys.argv[1:] if argv is None else argv)])
     for key, value in header.items():
         print(f"# {key}: {value}")
     print(f"# median over {args.seeds} splits of the test score (R² for regression, "

@@ -45,6 +45,7 @@ def main(argv=None):
     curves = {}
     for label, params in RUNS.items():
         ae = KFACAutoencoder(max_time=args.budget, max_iter=10**6, tol=0.0, random_state=0,
+                             early_stopping=False,
                              eval_interval=args.budget / 12,
                              n_threads=torch.get_num_threads(), **params)
         ae.fit(mnist.X_train, eval_set=mnist.X_test)

@@ -41,7 +41,7 @@ def make_autoencoder(max_time: float, seed: int):
     from skkfac import KFACAutoencoder
 
     return KFACAutoencoder(encoder_layer_sizes=ENCODER, batch_size=BATCH, max_time=max_time,
-                           max_iter=10**9, tol=0.0, n_iter_no_change=10**9,
+                           max_iter=10**9, tol=0.0, n_iter_no_change=10**9, early_stopping=False,
                            eval_interval=max_time / 12, dtype="float32", random_state=seed,
                            device="cpu")
 

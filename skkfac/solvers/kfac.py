@@ -267,14 +267,15 @@ class KFAC(Solver, torch.optim.Optimizer):
 
     recovers_from_divergence = True
     #: The Kronecker factors, the quadratic model and ρ are estimated on each update's
-    #: samples: from 1-16 of them they are noise (batch 1 diverged or stopped at 0.66
-    #: accuracy where updates of >= 64 samples reach 0.90-0.92; docs/user_guide/batches).
+    #: samples: from 1-16 of them they are noise (updates of 1, 4 or 16 samples diverged
+    #: where SGD trained; see docs/user_guide/batches.rst, "Small mini-batches").
     min_update_size = 128
     #: K-FAC fits a small regression set in a few dozen updates and then fits its noise
-    #: (diabetes: test R² -1.07 at training R² 1.00; forest fires -2.98): the estimators'
-    #: ``early_stopping='auto'`` holds out a validation split there (0.38 and -0.06).
+    #: (diabetes: test R² -1.20; forest fires -3.35): the estimators'
+    #: ``early_stopping='auto'`` holds out a validation split there (0.38 and -0.07).
     #: Not for classifiers: their accuracy held up without it, and stopping on the
-    #: accuracy of a small split cost 0.01-0.02 on digits and breast_cancer.
+    #: accuracy of a small split cost 0.007-0.011 on digits and breast_cancer
+    #: (``benchmarks/results/defaults/early_stopping.txt``).
     early_stopping_losses = ("squared_error",)
 
     #: Interval of the adaptive step's momentum coefficient: the 2 × 2 model is measured
@@ -773,8 +774,7 @@ class KFAC(Solver, torch.optim.Optimizer):
         # the curvature of the very rows that the quadratic model then measures avoids
         # their high-curvature directions: the model sees too little curvature along it
         # and picks a step too long for every other batch (CIFAR-10 at defaults: the
-        # step size jumped 10-40x exactly at the refreshes, and test accuracy after 66
-        # updates went from 42 % to 55 % once the rows were kept out).
+        # step size jumped 10-40x exactly at the refreshes; docs/user_guide/damping.rst).
         fold_in_first = k == 1
         if fold_in_first:
             with self.timer.phase("statistics"):
