@@ -11,7 +11,7 @@ from sklearn.datasets import make_regression
 from sklearn.utils._param_validation import Interval
 from torch import nn
 
-from skkfac import KFACAutoencoder, KFACClassifier, KFACRegressor
+from skkfac import KFAC, KFACAutoencoder, KFACClassifier, KFACRegressor
 from skkfac.estimators.base import BaseKFACEstimator
 from skkfac.search import SEARCH_SPACES, search_space
 from skkfac.solvers import SOLVERS, Adam, Hyperparameter, Solver, StepReport
@@ -37,8 +37,24 @@ def test_registry_holds_the_three_solvers_with_their_declarations():
 def test_solver_constructors_match_their_declarations(name):
     cls = SOLVERS[name]
     signature = inspect.signature(cls).parameters
-    for hyper in cls.hyperparameters:
+    for hyper in (*cls.hyperparameters, *cls.internal_hyperparameters):
         assert signature[hyper.name].default == hyper.default, hyper.name
+    # Every keyword but the model, the loss and the plumbing is declared.
+    plumbing = {"model", "loss", "alpha", "random_state", "process_group",
+                "distribute_inverses"}
+    declared = {h.name for h in (*cls.hyperparameters, *cls.internal_hyperparameters)}
+    assert set(signature) - plumbing == declared
+    assert cls.takes_random_state == ("random_state" in signature)
+
+
+def test_kfac_checks_every_option_through_its_declarations():
+    model = torch.nn.Linear(3, 1)
+    for bad in (dict(damping_adapt_interval=0), dict(min_damping=-1.0),
+                dict(momentum=-0.5), dict(damping_scheme="lm"), dict(lr=0.0),
+                dict(curvature_batch_size=0), dict(rejection_ratio=0.5)):
+        name = next(iter(bad))
+        with pytest.raises(ValueError, match=f"'{name}' parameter of KFAC"):
+            KFAC(model, **bad)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: e.__name__)

@@ -6,7 +6,6 @@ the network has, which loss it trains and how a held-out set is scored.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 import warnings
@@ -199,7 +198,7 @@ class BaseKFACEstimator(BaseEstimator):
         """The chosen solver, built from the parameters it declares."""
         cls = get_solver(self.solver)
         arguments = solver_arguments(cls, self.get_params(deep=False))
-        if "random_state" in inspect.signature(cls).parameters:  # K-FAC's sampling
+        if cls.takes_random_state:  # K-FAC's sampled targets
             arguments["random_state"] = int(rng.randint(2**31 - 1))
         return cls(self.model_, self._loss_name, alpha=self.alpha, **arguments)
 

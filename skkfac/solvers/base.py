@@ -47,6 +47,11 @@ class Solver:
     name: ClassVar[str]
     #: The keyword arguments the estimators pass, each declared once.
     hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = ()
+    #: Keyword arguments of the solver used on its own that the estimators do not offer,
+    #: declared and checked the same way.
+    internal_hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = ()
+    #: Whether the constructor takes ``random_state`` (the estimators pass one then).
+    takes_random_state: ClassVar[bool] = False
     #: ``batch_size='auto'`` in the estimators is ``min(auto_batch_size, n_samples)``
     #: (unless the solver's :meth:`preferred_batch_size` says otherwise).
     auto_batch_size: ClassVar[int] = 200
@@ -126,7 +131,8 @@ class Solver:
     @classmethod
     def check_hyperparameters(cls, **values) -> None:
         """Raise a clear error when a value breaks its declared constraints."""
-        declared = {h.name: h.constraints for h in cls.hyperparameters}
+        declared = {h.name: h.constraints
+                    for h in (*cls.hyperparameters, *cls.internal_hyperparameters)}
         validate_parameter_constraints(
             {name: declared[name] for name in values}, values, caller_name=cls.__name__)
 

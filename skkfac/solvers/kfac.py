@@ -257,6 +257,20 @@ class KFAC(Solver, torch.optim.Optimizer):
             "this multiple of the loss before it (or not finite), and raise λ tenfold; "
             "``None``: undo only non-finite losses (the study's rule had no such test)."),
     )
+    internal_hyperparameters = (
+        Hyperparameter(
+            "damping_adapt_interval", 5, [Interval(Integral, 1, None, closed="left")],
+            "Updates between two Levenberg–Marquardt adjustments of λ."),
+        Hyperparameter(
+            "min_damping", 1e-2, [Interval(Real, 0, None, closed="left")],
+            "Lower bound of the adapted relative λ (lowered to an initial ``damping`` "
+            "below it)."),
+        Hyperparameter(
+            "momentum", None, [None, Interval(Real, 0, None, closed="left")],
+            "Momentum of the update when ``adaptive_step=False``; ``None``: the "
+            "statistics' decay α_k, as in the study."),
+    )
+    takes_random_state = True
     auto_batch_size = 1000  # K-FAC wants large batches (the network decides: see below)
     auto_batch_size_rule = (
         "for 'kfac' the batch whose gradient costs at least as much as what the "
@@ -303,24 +317,6 @@ class KFAC(Solver, torch.optim.Optimizer):
         if self._gradients_averaged:
             model = model.module
         Solver.__init__(self, model, loss, alpha=alpha)
-        if damping_scheme not in DAMPING_SCHEMES:
-            raise ValueError(f"damping_scheme must be one of {sorted(DAMPING_SCHEMES)}, "
-                             f"got {damping_scheme!r}.")
-        if stat_decay not in STAT_DECAY_SCHEDULES:
-            raise ValueError(f"stat_decay must be one of {sorted(STAT_DECAY_SCHEDULES)}, "
-                             f"got {stat_decay!r}.")
-        if fisher not in FISHER_TYPES:
-            raise ValueError(f"fisher must be one of {FISHER_TYPES}, got {fisher!r}.")
-        if not (lr > 0 and damping >= 0 and inv_update_freq >= 1):
-            raise ValueError("KFAC needs lr > 0, damping >= 0 and inv_update_freq >= 1.")
-        if curvature_batch_size is not None and curvature_batch_size < 1:
-            raise ValueError("curvature_batch_size must be None or >= 1.")
-        if precondition_precision not in PRECONDITION_PRECISIONS:
-            raise ValueError("precondition_precision must be one of "
-                             f"{sorted(PRECONDITION_PRECISIONS)}, "
-                             f"got {precondition_precision!r}.")
-        if rejection_ratio is not None and not rejection_ratio >= 1:
-            raise ValueError(f"rejection_ratio must be None or >= 1, got {rejection_ratio!r}.")
         defaults = dict(lr=lr, damping=damping, damping_scheme=damping_scheme,
                         adapt_damping=adapt_damping,
                         damping_adapt_interval=damping_adapt_interval,
@@ -331,6 +327,7 @@ class KFAC(Solver, torch.optim.Optimizer):
                         curvature_batch_size=curvature_batch_size,
                         precondition_precision=precondition_precision,
                         rejection_ratio=rejection_ratio)
+        self.check_hyperparameters(**defaults)  # the declarations above, nothing by hand
         torch.optim.Optimizer.__init__(self, self.params, defaults)
         first = self.params[0]
         self.device = first.device
