@@ -274,6 +274,11 @@ def _per_rank_params(estimator, n_samples: int, world_size: int) -> dict:
         if value == "auto":
             value = min(get_solver(estimator.solver).auto_batch_size, n_samples)
             value -= value % world_size
+        if name == "curvature_batch_size":
+            # Rows of the curvature estimate need not split evenly: each rank takes its
+            # share rounded up (128 rows over 3 ranks: 43 each, 129 in all).
+            params[name] = -(-value // world_size)
+            continue
         if value % world_size:
             raise ValueError(f"{name}={value} must be a multiple of n_processes="
                              f"{world_size}: each rank takes an equal share of a batch.")
@@ -321,13 +326,15 @@ def fit_data_parallel(estimator, X, y=None, *, n_processes: int = 2, backend=Non
     ``X``. The estimator's batch sizes (``batch_size``, ``artificial_batch_size``,
     ``curvature_batch_size``) stay those of the whole update: each rank takes
     ``1/n_processes`` of every batch, so the updates are those of one process on the
-    whole batch (up to round-off, and to which rows meet in a batch). ``max_time`` is
+    whole batch (up to round-off, and to which rows meet in a batch). The batch sizes
+    must be multiples of ``n_processes``; ``curvature_batch_size`` is rounded up to one. ``max_time`` is
     the slowest rank's training time: the ranks stop together.
 
     Parameters
     ----------
     estimator : KFACRegressor, KFACClassifier or KFACAutoencoder
-        With ``solver='kfac'`` and ``early_stopping=False``; not modified.
+        With ``solver='kfac'`` and ``early_stopping`` False or ``'auto'`` (no
+        validation split is held out in data-parallel training); not modified.
     X : array-like of shape (n_samples, n_features)
     y : array-like or None
         Targets (None for the autoencoder).

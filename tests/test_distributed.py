@@ -216,3 +216,12 @@ def test_ranks_agree_on_max_wall_time_and_refuse_early_stopping():
 def test_ranks_sample_apart_after_load_state_dict():
     first, second = (rank["sampled_after_load"] for rank in run_ranks())
     assert not torch.allclose(first, second)
+
+
+@pytest.mark.parametrize("world_size, rows", [(2, 64), (3, 43), (5, 26), (7, 19)])
+def test_curvature_rows_need_not_split_evenly(world_size, rows):
+    """The default curvature_batch_size is accepted by any number of processes."""
+    from skkfac.distributed import _per_rank_params
+
+    params = _per_rank_params(KFACRegressor(batch_size=210 * world_size), 10**4, world_size)
+    assert params == {"batch_size": 210, "curvature_batch_size": rows}
