@@ -262,18 +262,17 @@ def shard_indices(n_samples: int, rank: int, world_size: int) -> np.ndarray:
 PER_UPDATE_SIZES = ("batch_size", "artificial_batch_size", "curvature_batch_size")
 
 
-def _per_rank_params(estimator, n_samples: int, world_size: int) -> dict:
-    """The batch-size parameters each rank fits with (the estimator's are global)."""
-    from skkfac.solvers import get_solver
-
+def _per_rank_params(estimator, auto_batch_size: int, world_size: int) -> dict:
+    """The batch-size parameters each rank fits with (the estimator's are global);
+    ``batch_size='auto'`` is ``auto_batch_size``, rounded down to a multiple of the
+    number of ranks."""
     params = {}
     for name in PER_UPDATE_SIZES:
         value = getattr(estimator, name, None)
         if value is None:
             continue
         if value == "auto":
-            value = min(get_solver(estimator.solver).auto_batch_size, n_samples)
-            value -= value % world_size
+            value = auto_batch_size - auto_batch_size % world_size
         if name == "curvature_batch_size":
             # Rows of the curvature estimate need not split evenly: each rank takes its
             # share rounded up (128 rows over 3 ranks: 43 each, 129 in all).
@@ -284,6 +283,14 @@ def _per_rank_params(estimator, n_samples: int, world_size: int) -> dict:
                              f"{world_size}: each rank takes an equal share of a batch.")
         params[name] = value // world_size
     return params
+
+
+def _global_auto_batch_size(estimator, X, y, n_processes: int) -> int:
+    """``batch_size='auto'`` of one process fitting the rows that the ranks share."""
+    if estimator.batch_size != "auto":
+        return 0  # unused
+    n_used = X.shape[0] - X.shape[0] % n_processes
+    return estimator._automatic_batch_size(X[:n_used], None if y is None else y[:n_used])
 
 
 def _fit_rank(rank, world_size, init_file, backend, estimator, X, y, fit_params, threads,
@@ -383,7 +390,8 @@ def fit_data_parallel(estimator, X, y=None, *, n_processes: int = 2, backend=Non
                    and torch.cuda.device_count() >= n_processes else "gloo")
     per_rank = clone(estimator).set_params(
         early_stopping=False,  # 'auto' too: every rank would hold out its own split
-        **_per_rank_params(estimator, X.shape[0] - X.shape[0] % n_processes, n_processes))
+        **_per_rank_params(estimator, _global_auto_batch_size(estimator, X, y, n_processes),
+                           n_processes))
     if backend == "gloo" and estimator.device != "cpu":
         if estimator.device != "auto":
             raise ValueError(f"device={estimator.device!r} needs backend='nccl' and one "

@@ -223,5 +223,19 @@ def test_curvature_rows_need_not_split_evenly(world_size, rows):
     """The default curvature_batch_size is accepted by any number of processes."""
     from skkfac.distributed import _per_rank_params
 
-    params = _per_rank_params(KFACRegressor(batch_size=210 * world_size), 10**4, world_size)
+    params = _per_rank_params(KFACRegressor(batch_size=210 * world_size), 0, world_size)
     assert params == {"batch_size": 210, "curvature_batch_size": rows}
+
+
+def test_automatic_batch_size_is_the_single_process_rule():
+    """batch_size='auto' follows K-FAC's rule for the network (not a constant 1000)."""
+    from skkfac.distributed import _global_auto_batch_size, _per_rank_params
+
+    X = np.random.RandomState(0).rand(6000, 50)
+    y = X[:, :3]
+    estimator = KFACRegressor(hidden_layer_sizes=(400, 400), max_iter=1, random_state=0)
+    auto = _global_auto_batch_size(estimator, X, y, 2)
+    single = KFACRegressor(**estimator.get_params()).fit(X[:500], y[:500])
+    assert auto == single.solver_.preferred_batch_size() != 1000
+    assert _per_rank_params(estimator, auto, 2)["batch_size"] == auto // 2
+    assert not hasattr(estimator, "model_")  # the estimator itself is not fitted

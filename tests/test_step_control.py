@@ -261,3 +261,17 @@ def test_a_max_time_stop_keeps_its_last_weights_when_they_validate_better(
     assert reg.best_validation_score_ == max(0.2, final_score)
     restored = all(torch.equal(p, q) for p, q in zip(reg.model_.parameters(), epoch_ends[-1]))
     assert restored is not keeps_last
+
+
+def test_data_parallel_ranks_share_the_minimum_update_size(monkeypatch):
+    """Each of 2 ranks needs half of the 128 samples: 64 (rank sizes are shares)."""
+    import skkfac.estimators.base as base
+
+    X, y = small_classification()
+    clf = KFACClassifier(hidden_layer_sizes=(4,), batch_size=16, max_iter=1)
+    with pytest.warns(UserWarning, match="updates of 128 samples"):
+        clf.fit(X, y)
+    monkeypatch.setattr(base, "_world_size", lambda: 2)
+    with pytest.warns(UserWarning, match="updates of 64 samples"):
+        assert clf._effective_update_size(16, 100) == 64
+    assert clf._effective_update_size(64, 100) is None

@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
@@ -141,6 +141,16 @@ class BaseKFACEstimator(BaseEstimator):
     #: this many samples.
     MIN_AUTO_VALIDATION_SAMPLES = 10
 
+    def _automatic_batch_size(self, X, y=None) -> int:
+        """The mini-batch ``batch_size='auto'`` would give a fit on ``(X, y)``, found by
+        building the network and solver of a copy (nothing is trained)."""
+        probe = clone(self)
+        X, y = probe._validate_training_data(X, y, reset=True)
+        probe._learn_target_encoding(y)
+        probe._initialize(X.shape[1], probe._n_outputs(probe._encode_targets(y)),
+                          check_random_state(0))
+        return probe.set_params(batch_size="auto")._effective_batch_size(X.shape[0])
+
     def _early_stopping_enabled(self, y_encoded) -> bool:
         """``early_stopping``, with ``'auto'`` resolved for the solver and the data."""
         if self.early_stopping != "auto":
@@ -157,10 +167,12 @@ class BaseKFACEstimator(BaseEstimator):
 
     def _effective_update_size(self, batch_size: int, n_samples: int) -> int | None:
         """``artificial_batch_size``, or the solver's :attr:`min_update_size` (capped at
-        ``n_samples``) when mini-batches are smaller than that and none was given."""
+        ``n_samples``) when mini-batches are smaller than that and none was given.
+        Data-parallel, sizes are this rank's share, and so is the minimum."""
         if self.artificial_batch_size is not None:
             return self.artificial_batch_size
-        smallest = min(self.solver_.min_update_size, n_samples)
+        share = -(-self.solver_.min_update_size // _world_size())
+        smallest = min(share, n_samples)
         if batch_size >= smallest:
             return None
         warnings.warn(
@@ -437,8 +449,13 @@ class BaseKFACEstimator(BaseEstimator):
             parameter.grad = gradient
 
 
-def _data_parallel() -> bool:
-    """Whether this process is one of several ranks of a torch.distributed group."""
+def _world_size() -> int:
+    """The number of ranks of the torch.distributed group of this process (1 without)."""
     import torch.distributed as dist
 
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _data_parallel() -> bool:
+    """Whether this process is one of several ranks of a torch.distributed group."""
+    return _world_size() > 1
