@@ -371,10 +371,8 @@ class Trainer:
         if self.config.deadline is None:
             return False
         past = time.perf_counter() >= self.config.deadline
-        communicator = getattr(solver, "communicator", None)
-        if communicator is not None and communicator.active:
-            return communicator.max(float(past)) > 0
-        return past
+        communicator = _active_communicator(solver)
+        return past if communicator is None else communicator.max(float(past)) > 0
 
     # -- evaluation and stopping rules ----------------------------------------------------
     def _evaluation_due(self, progress: TrainingProgress) -> bool:
@@ -484,13 +482,19 @@ class Trainer:
 
 
 # -- data-parallel training: every rank must take the same decisions -----------------------
+def _active_communicator(solver):
+    """The solver's communicator when it spans several ranks, else ``None``."""
+    communicator = solver.communicator
+    return communicator if communicator is not None and communicator.active else None
+
+
 def _batch_sum(solver, loss_sum: torch.Tensor, count: int | None = None
                ) -> tuple[torch.Tensor, int]:
     """Summed loss and number of samples behind it (default: the update's batch), over
     all ranks of a data-parallel solver."""
     count = solver.n_accumulated if count is None else count
-    communicator = getattr(solver, "communicator", None)
-    if communicator is None or not communicator.active:
+    communicator = _active_communicator(solver)
+    if communicator is None:
         return loss_sum, count
     return communicator.global_sum(loss_sum, count)
 
@@ -499,7 +503,7 @@ def _check_data_parallel(solver) -> None:
     """Refuse to train a solver without reductions on several ranks (models would differ)."""
     import torch.distributed as dist
 
-    if (getattr(solver, "communicator", None) is None and dist.is_available()
+    if (solver.communicator is None and dist.is_available()
             and dist.is_initialized() and dist.get_world_size() > 1):
         raise RuntimeError(f"{type(solver).__name__} does not train data-parallel: use "
                            "solver='kfac' in a torch.distributed process group.")
@@ -507,6 +511,6 @@ def _check_data_parallel(solver) -> None:
 
 def _agree_on_time(solver, clock: TrainingClock) -> None:
     """Set every rank's training clock to the slowest rank's (one max_time decision)."""
-    communicator = getattr(solver, "communicator", None)
-    if communicator is not None and communicator.active:
+    communicator = _active_communicator(solver)
+    if communicator is not None:
         clock.elapsed = communicator.max(clock.elapsed)

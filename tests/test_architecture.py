@@ -271,3 +271,19 @@ def test_a_solver_registered_later_is_accepted_by_the_estimators():
             search_space("plain_gd")
     finally:
         del SOLVERS["plain_gd"]
+
+
+def test_collectives_do_not_depend_on_the_solvers():
+    """skkfac.distributed (the reductions K-FAC uses) imports no solver or estimator, at
+    module level or inside a function: no import cycle through solvers/kfac.py."""
+    import ast
+    from pathlib import Path
+
+    import skkfac.distributed
+
+    tree = ast.parse(Path(skkfac.distributed.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    assert not {name for name in imported if name and name.startswith(
+        ("skkfac.solvers", "skkfac.estimators", "skkfac.training"))}

@@ -52,6 +52,9 @@ class Solver:
     internal_hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = ()
     #: Whether the constructor takes ``random_state`` (the estimators pass one then).
     takes_random_state: ClassVar[bool] = False
+    #: The reductions of data-parallel training (:class:`skkfac.distributed.Communicator`);
+    #: ``None`` for a solver that trains in one process only.
+    communicator = None
     #: ``batch_size='auto'`` in the estimators is ``min(auto_batch_size, n_samples)``
     #: (unless the solver's :meth:`preferred_batch_size` says otherwise).
     auto_batch_size: ClassVar[int] = 200
