@@ -138,8 +138,9 @@ class KFAC(Solver, torch.optim.Optimizer):
         Precision of the products of the gradients with the factor inverses, the
         largest fixed cost of an update. ``'full'``: the curvature's precision (float32,
         float64 for a float64 network). ``'bfloat16'``: operands rounded to bfloat16,
-        sums in float32: 2.3-2.8x faster products on CPUs with bfloat16 matrix
-        instructions (AVX512-BF16, AMX) and on tensor-core GPUs, slower elsewhere.
+        sums in float32: faster products on CPUs with bfloat16 matrix instructions
+        (AVX512-BF16, AMX) and on tensor-core GPUs, slower elsewhere (measurements in
+        ``docs/user_guide/kfac.rst``).
         ``'auto'``: bfloat16 for a float32 network on such hardware, else full
         (:attr:`precondition_dtype` says which). The direction then differs by a few %
         per layer, but the quadratic model, ``ρ`` and the rejection test are computed
@@ -249,8 +250,8 @@ class KFAC(Solver, torch.optim.Optimizer):
             "precondition_precision", "auto", [StrOptions(set(PRECONDITION_PRECISIONS))],
             "Precision of the products of K-FAC's factor inverses with the gradients: "
             "the curvature's own, bfloat16, or ``'auto'`` (bfloat16 for a float32 "
-            "network on hardware with bfloat16 matrix units, which makes them 2.3-2.8x "
-            "faster; the step is still judged in full precision)."),
+            "network on hardware with bfloat16 matrix units, where they are faster; the "
+            "step is still judged in full precision)."),
         Hyperparameter(
             "rejection_ratio", 2.0, [None, Interval(Real, 1, None, closed="left")],
             "Undo a K-FAC update after which the loss on the curvature rows is more than "
@@ -721,9 +722,8 @@ class KFAC(Solver, torch.optim.Optimizer):
         into the loss's units. From then on the Levenberg–Marquardt rule alone moves the
         damping, on evidence from ``ρ`` (as in kfac-jax, whose damping is absolute); a
         scale re-measured at every refresh would be a second controller that changes
-        ``λ`` without such evidence (it collapsed to 1e-11 with batch size 1 on a
-        cross-entropy, and trained no better on the MNIST autoencoder: see
-        ``docs/user_guide/damping.rst``). A degenerate value gives 1.
+        ``λ`` without such evidence (measured in ``docs/user_guide/damping.rst``). A
+        degenerate value gives 1.
         """
         if self.hyper["damping_scheme"] == "max_norm":
             return self._scalar(1.0)  # max_norm normalises the factors itself
