@@ -46,6 +46,7 @@ import pandas as pd
 from benchmarks.records import CsvLog, check_settings, log
 from benchmarks.solvers import is_first_order, label, registered_solvers
 from benchmarks.train_loss import TrainingSetLoss
+from benchmarks.trials import RUN_KEY, run_curves
 from benchmarks.tune import best_configs, params_of
 
 RUN_COLUMNS = ["solver", "rank", "trial", "seed_index", "params", "tune_val_loss",
@@ -56,8 +57,6 @@ HISTORY_COLUMNS = ["solver", "rank", "trial", "seed_index", "update", "epoch", "
                    "time", "train_loss", "train_set_loss", "eval_loss", "eval_score",
                    "time_forward_backward", "time_statistics", "time_inverse",
                    "time_precondition", "time_update"]
-RUN_KEY = ["solver", "trial", "seed_index"]
-
 #: Floor rule: within FLOOR_TOLERANCE of the final loss before FLOOR_FRACTION of the budget.
 FLOOR_FRACTION, FLOOR_TOLERANCE = 0.25, 0.10
 #: Budget rule: less than BUDGET_CHANGE relative change over the last BUDGET_FRACTION.
@@ -110,11 +109,6 @@ def last_quarter_change(history: pd.DataFrame, budget: float, *,
     if not before.size or not math.isfinite(values[-1]) or values[-1] == 0:
         return math.nan
     return float((before[-1] - values[-1]) / abs(values[-1]))
-
-
-def _curves(histories: pd.DataFrame, solver: str, trial: int):
-    chosen = histories[(histories["solver"] == solver) & (histories["trial"] == trial)]
-    return [group.sort_values("time") for _, group in chosen.groupby("seed_index")]
 
 
 def choose_configs(runs: pd.DataFrame) -> dict:
@@ -183,7 +177,7 @@ def compute_verdict(runs: pd.DataFrame, histories: pd.DataFrame, budget: float) 
     verdict["target"] = (solvers[target_solver]["held-out loss"]["median"]
                          if target_solver else math.nan)
     for solver, info in solvers.items():
-        curves = _curves(histories, solver, info["trial"])
+        curves = run_curves(histories, solver, info["trial"])
         times = [first_time_at_or_below(c, verdict["target"]) for c in curves]
         reached = [t for t in times if math.isfinite(t)]
         info["time_to_target"] = {**spread(reached), "runs": len(times),
@@ -197,7 +191,7 @@ def compute_verdict(runs: pd.DataFrame, histories: pd.DataFrame, budget: float) 
     rule = {"solver": target_solver, "change": math.nan, "holds": False}
     if target_solver:
         changes = [last_quarter_change(c, budget)
-                   for c in _curves(histories, target_solver,
+                   for c in run_curves(histories, target_solver,
                                     solvers[target_solver]["trial"])]
         changes = [c for c in changes if math.isfinite(c)]
         if changes:
@@ -289,7 +283,7 @@ def results_table(runs: pd.DataFrame, histories: pd.DataFrame, target: float) ->
     """One row per solver and configuration: medians and spreads over its seeds."""
     rows = []
     for (solver, trial), group in runs.groupby(["solver", "trial"], sort=False):
-        curves = _curves(histories, solver, trial)
+        curves = run_curves(histories, solver, trial)
         times = [first_time_at_or_below(c, target) for c in curves] if math.isfinite(
             target) else []
         row = {"solver": solver, "rank": int(group["rank"].iloc[0]), "trial": int(trial),

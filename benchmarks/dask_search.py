@@ -97,7 +97,7 @@ def run_parallel_search(space: dict, evaluate, csv_log, *, client, n_trials: int
     """
     from distributed import as_completed
 
-    from benchmarks.tune import _cast, _short, make_optimizer
+    from benchmarks.trials import cast_to_dimension, make_optimizer, short_value
 
     names = list(space)
     dimensions = list(space.values())
@@ -108,7 +108,7 @@ def run_parallel_search(space: dict, evaluate, csv_log, *, client, n_trials: int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if len(done):
-            optimizer.tell([[_cast(d, row[n]) for d, n in zip(dimensions, names)]
+            optimizer.tell([[cast_to_dimension(d, row[n]) for d, n in zip(dimensions, names)]
                             for row in done.to_dict("records")],
                            done["objective"].astype(float).tolist())
     todo = iter([t for t in range(n_trials) if t not in finished])
@@ -125,7 +125,7 @@ def run_parallel_search(space: dict, evaluate, csv_log, *, client, n_trials: int
             return None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            point = [_cast(d, v) for d, v in zip(
+            point = [cast_to_dimension(d, v) for d, v in zip(
                 dimensions, _propose(optimizer, [x for _, x, _ in pending.values()]))]
         future = client.submit(_run_trial, remote_evaluate, dict(zip(names, point)), trial,
                                key=f"trial-{trial}-{run_id}", pure=False)
@@ -145,7 +145,7 @@ def run_parallel_search(space: dict, evaluate, csv_log, *, client, n_trials: int
                 optimizer.tell(point, float(result["objective"]))
             loss = float(result["val_loss"])
             best = min(best, loss) if math.isfinite(loss) else best
-            shown = " ".join(f"{k}={_short(v)}" for k, v in zip(names, point))
+            shown = " ".join(f"{k}={short_value(v)}" for k, v in zip(names, point))
             progress(f"{label}: trial {trial} on {worker}: {shown} -> val loss {loss:.5g} "
                      f"(best {best:.5g}); {time.time() - submitted:.1f} s since submitted, "
                      f"{len(pending)} in flight")
@@ -159,28 +159,29 @@ def run_parallel_search(space: dict, evaluate, csv_log, *, client, n_trials: int
 
 
 class SearchBackend:
-    """How ``run_tune`` runs a search: in this process, or on a Dask client."""
+    """How ``run_tune`` runs a search: in this process (``sequential``, the caller's
+    search function), or on a Dask client."""
 
-    def __init__(self, client=None):
+    def __init__(self, client=None, sequential=None):
         self.client = client
+        self.sequential = sequential
 
     def columns(self, columns: list[str]) -> list[str]:
         return [*columns, WORKER_COLUMN] if self.client is not None else list(columns)
 
     def run_search(self, *args, **kwargs):
         if self.client is None:
-            from benchmarks.tune import run_search
-
-            return run_search(*args, **kwargs)
+            return self.sequential(*args, **kwargs)
         return run_parallel_search(*args, client=self.client, **kwargs)
 
 
 @contextlib.contextmanager
 def search_backend(scheduler: str | None = None, *, n_workers: int | None = None,
-                   threads: int | None = 1):
-    """The :class:`SearchBackend` for ``--scheduler`` (None: sequential, in this process)."""
+                   threads: int | None = 1, sequential=None):
+    """The :class:`SearchBackend` for ``--scheduler`` (None: ``sequential``, in this
+    process)."""
     if scheduler is None:
-        yield SearchBackend()
+        yield SearchBackend(sequential=sequential)
         return
     with dask_client(scheduler, n_workers=n_workers, threads=threads) as client:
-        yield SearchBackend(client)
+        yield SearchBackend(client, sequential=sequential)

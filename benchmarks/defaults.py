@@ -49,17 +49,18 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.defaults_report import machine_header, write_results
 from benchmarks.records import CsvLog, check_settings, log
-from benchmarks.solvers import label, registered_solvers
+from benchmarks.solvers import registered_solvers
 from benchmarks.tabular import (
     BUNDLED_ROWS,
     BUNDLED_SETS,
-    REFERENCE_LABELS,
     UCI_SETS,
     classification_scores,
     estimate_seconds,
     fit_tabular,
     load_tabular,
+    method_label,
     tabular_methods,
     timed_fit,
 )
@@ -122,10 +123,6 @@ CELLS = {cell.name: cell for cell in (*BIG_CELLS, *TABULAR_CELLS)}
 
 def all_methods() -> tuple[str, ...]:
     return tabular_methods()
-
-
-def method_label(method: str) -> str:
-    return REFERENCE_LABELS.get(method, label(method))
 
 
 def select_cells(names=None, *, quick: bool = False, budget: float | None = None
@@ -236,7 +233,6 @@ def run_defaults(out, *, cells=None, methods=None, seeds: int = 3, threads: int 
     :func:`all_methods`; ``budget`` and ``layers`` override the big cells' budgets and
     architectures (for tests). Returns the verdict (see :mod:`benchmarks.defaults_report`).
     """
-    from benchmarks.defaults_report import machine_header, write_results
     from skkfac.datasets import DatasetNotFoundError
 
     out = Path(out)
@@ -306,4 +302,5 @@ def run_defaults(out, *, cells=None, methods=None, seeds: int = 3, threads: int 
                      + f"; {finished}/{len(todo)} done, ~{max(left, 0) / 60:.1f} min left "
                      f"(elapsed {(time.time() - start) / 60:.1f} min)")
     header = machine_header(argv, threads, load_start)
-    return write_results(out, run_log.read(), header, skipped=skipped, progress=progress)
+    return write_results(out, run_log.read(), header, cell_order=list(CELLS),
+                         skipped=skipped, progress=progress)

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.compare import spread
-from benchmarks.defaults import CELLS, all_methods, method_label
 from benchmarks.records import code_version, command_line
 from benchmarks.solvers import is_first_order, registered_solvers
+from benchmarks.tabular import method_label, tabular_methods
 
 #: Tabular bars: K-FAC's median score at most SCORE_BAR below the better of skkfac-Adam
 #: and scikit-learn's MLP; its median fit time at most TIME_BAR times the MLP's.
@@ -72,7 +72,7 @@ def tabular_bars(scores: dict, times: dict) -> dict:
 def cell_verdict(runs: pd.DataFrame, *, tabular: bool) -> dict:
     """Statistics and verdict of one cell's runs (``runs.csv`` rows)."""
     higher = bool(runs["higher_is_better"].iloc[0])
-    order = {m: i for i, m in enumerate(all_methods())}
+    order = {m: i for i, m in enumerate(tabular_methods())}
     methods = sorted(runs["method"].unique(), key=lambda m: order.get(m, len(order)))
     groups = {m: runs[runs["method"] == m] for m in methods}
     scores = {m: spread(g["score"]) for m, g in groups.items()}
@@ -220,7 +220,7 @@ def markdown(verdicts: dict, header: dict, skipped: dict) -> str:
 def plot_scores(path, verdicts: dict) -> Path | None:
     """K-FAC's advantage over the best first-order skkfac solver and the references,
     per cell (big problems left, tabular sets right); symlog axes, 0 = level."""
-    from benchmarks.plotting import _save, plt
+    from benchmarks.plotting import plt, save_figure
 
     panels = [(g, [n for n, v in verdicts.items() if v["tabular"] == (g == "tabular")
                    and "kfac" in v["methods"]]) for g in ("big", "tabular")]
@@ -272,18 +272,20 @@ def plot_scores(path, verdicts: dict) -> Path | None:
                      else "tabular sets, fitted as a user would", fontsize=9)
     fig.suptitle("K-FAC at its defaults against the other methods at theirs "
                  "(medians over seeds)", fontsize=10)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
-def write_results(out, runs: pd.DataFrame, header: dict, *, skipped=None,
+def write_results(out, runs: pd.DataFrame, header: dict, *, cell_order=(), skipped=None,
                   progress=print) -> dict:
-    """Verdicts of every cell in ``runs`` -> table.md, verdict.json, scores.png, stdout."""
+    """Verdicts of every cell in ``runs`` -> table.md, verdict.json, scores.png, stdout.
+
+    Cells are listed in ``cell_order`` (others after them, by name)."""
     out = Path(out)
     skipped = skipped or {}
-    order = {name: i for i, name in enumerate(CELLS)}
+    order = {name: i for i, name in enumerate(cell_order)}
     names = sorted(runs["cell"].unique(), key=lambda n: (order.get(n, len(order)), n))
     verdicts = {name: cell_verdict(runs[runs["cell"] == name],
-                                   tabular=_is_tabular(name, runs[runs["cell"] == name]))
+                                   tabular=_is_tabular(runs[runs["cell"] == name]))
                 for name in names}
     counts = {v: sum(1 for i in verdicts.values() if i["verdict"] == v)
               for v in ("ahead", "level", "behind", "n/a")}
@@ -310,10 +312,9 @@ def write_results(out, runs: pd.DataFrame, header: dict, *, skipped=None,
     return {"cells": verdicts, "summary": summary, "skipped": skipped, "figure": figure}
 
 
-def _is_tabular(name: str, runs: pd.DataFrame) -> bool:
-    if name in CELLS:
-        return CELLS[name].group == "tabular"
-    return bool(runs["budget"].isna().all())  # a cell unknown here: no time budget
+def _is_tabular(runs: pd.DataFrame) -> bool:
+    """Tabular cells are fitted without a time budget."""
+    return bool(runs["budget"].isna().all())
 
 
 def _json_default(value):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.solvers import colormap, label, registered_solvers
-from benchmarks.tune import is_diverged
+from benchmarks.trials import RUN_KEY, is_diverged
 
 DPI = 80
 
@@ -31,7 +31,7 @@ def _footnote(fig, note: str) -> None:
                  va="bottom", ha="left", color="dimgray")
 
 
-def _save(fig, path: Path, note: str = "") -> Path:
+def save_figure(fig, path: Path, note: str = "") -> Path:
     _footnote(fig, note)
     fig.tight_layout(rect=(0, 0.06 if note else 0, 1, 1))
     fig.savefig(path, dpi=DPI)
@@ -102,15 +102,13 @@ def plot_compare(out_dir, problem, runs: pd.DataFrame, histories: pd.DataFrame,
                      "each\n(bold: the configuration in the verdict; dashed: the target; "
                      "loss axes end at 1.5x the worst starting loss)",
                      fontsize=10)
-        written.append(_save(fig, out_dir / name, note))
+        written.append(save_figure(fig, out_dir / name, note))
     return written
 
 
 def _cap_diverging(ax, histories: pd.DataFrame, column: str) -> None:
     """A diverging run must not squash the others: the y axis (log scale) ends at 1.5x
     the worst starting value; curves above it leave the plot."""
-    from benchmarks.compare import RUN_KEY
-
     if column not in histories:
         return
     values = histories[column].to_numpy(dtype=float)
@@ -162,7 +160,7 @@ def plot_tune_losses(out_dir, problem, *, note: str = "") -> Path | None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax.set_title(f"{problem.title}: Bayesian optimisation results", fontsize=10)
-    return _save(fig, out_dir / "tune_losses.png", note)
+    return save_figure(fig, out_dir / "tune_losses.png", note)
 
 
 def plot_batch_size(out_dir, problem, points: pd.DataFrame, *, note: str = "",
@@ -201,7 +199,7 @@ def plot_batch_size(out_dir, problem, points: pd.DataFrame, *, note: str = "",
         fig.suptitle(f"{problem.title}: final test loss against batch size (Figure 2; "
                      "K-FAC's best configurations and each other solver's best)",
                      fontsize=10)
-        written.append(_save(fig, out_dir / "batch_size_fig2.png", note))
+        written.append(save_figure(fig, out_dir / "batch_size_fig2.png", note))
     fig2 = [f[f["solver"] == "kfac"] for f in fig2]  # Figure 3 right: K-FAC's inversions
 
     fig3 = points[points["experiment"] == "fig3_lr"]
@@ -228,7 +226,7 @@ def plot_batch_size(out_dir, problem, points: pd.DataFrame, *, note: str = "",
         axes[1].legend(fontsize=7)
         fig.suptitle(f"{problem.title}: learning rate x batch size, inversion share "
                      "(Figure 3)", fontsize=10)
-        written.append(_save(fig, out_dir / "batch_size_fig3.png", note))
+        written.append(save_figure(fig, out_dir / "batch_size_fig3.png", note))
 
     fig4 = [points[points["experiment"] == e] for e in ("fig4_time", "fig4_updates")]
     if any(len(f) for f in fig4):
@@ -246,5 +244,5 @@ def plot_batch_size(out_dir, problem, points: pd.DataFrame, *, note: str = "",
             ax.legend(fontsize=7)
         fig.suptitle(f"{problem.title}: final test loss against artificial batch size "
                      "(Figure 4)", fontsize=10)
-        written.append(_save(fig, out_dir / "batch_size_fig4.png", note))
+        written.append(save_figure(fig, out_dir / "batch_size_fig4.png", note))
     return written

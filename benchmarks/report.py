@@ -24,7 +24,7 @@ from benchmarks.compare import BUDGET_CHANGE, BUDGET_FRACTION, FLOOR_FRACTION, F
 from benchmarks.problems import PROBLEMS
 from benchmarks.records import read_commands, read_settings
 from benchmarks.solvers import label, registered_solvers
-from benchmarks.tune import is_diverged
+from benchmarks.trials import is_diverged
 
 FIGURES = [("tune_losses.png", "Search results, sorted (cf. the study's Figure 5)"),
            ("compare_loss.png", "Held-out (top) and training (bottom) loss against "

@@ -30,7 +30,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from benchmarks.solvers import registered_solvers
+from benchmarks.solvers import label, registered_solvers
 
 #: scikit-learn's bundled sets: name -> (kind, loader name in sklearn.datasets).
 BUNDLED_SETS = {"diabetes": ("regression", "load_diabetes"),
@@ -53,6 +53,11 @@ SECONDS_PER_SET, SECONDS_PER_ROW = 1.5, 1.8e-3
 
 def tabular_methods() -> tuple[str, ...]:
     return (*registered_solvers(), *REFERENCES)
+
+
+def method_label(method: str) -> str:
+    """A method's name in tables and figures: a solver's label, or a reference's."""
+    return REFERENCE_LABELS.get(method, label(method))
 
 
 def estimate_seconds(rows: int, n_methods: int = 1) -> float:

@@ -41,6 +41,7 @@ import numpy as np
 
 from benchmarks.records import CsvLog, check_settings, log
 from benchmarks.solvers import registered_solvers
+from benchmarks.trials import cast_to_dimension, make_optimizer, short_value
 from skkfac.search import search_space
 
 RESULT_COLUMNS = ["val_loss", "val_loss_std", "val_losses", "val_accuracy", "objective",
@@ -54,24 +55,6 @@ def tune_csv(out_dir, solver) -> Path:
 
 def tune_columns(space: dict) -> list[str]:
     return ["trial", *space, *RESULT_COLUMNS]
-
-
-def _cast(dimension, value):
-    """A value as the Python type of its dimension (CSV round trip, numpy scalars)."""
-    from skopt.space import Integer
-
-    if isinstance(dimension, Integer):
-        return round(float(value))
-    return float(value)
-
-
-def make_optimizer(space: dict, *, n_initial_points: int, random_state: int):
-    """The optimiser ``BayesSearchCV`` would build: GP surrogate, ``gp_hedge``."""
-    from skopt import Optimizer
-
-    return Optimizer(list(space.values()), base_estimator="GP",
-                     n_initial_points=n_initial_points, acq_func="gp_hedge",
-                     random_state=random_state)
 
 
 def run_search(space: dict, evaluate, csv_log: CsvLog, *, n_trials: int,
@@ -105,7 +88,7 @@ def run_search(space: dict, evaluate, csv_log: CsvLog, *, n_trials: int,
     done = csv_log.read()
     if len(done) >= n_trials:  # nothing to run: no need to repeat the optimiser's proposals
         if len(done):
-            xs = [[_cast(d, row[n]) for d, n in zip(dimensions, names)]
+            xs = [[cast_to_dimension(d, row[n]) for d, n in zip(dimensions, names)]
                   for row in done.to_dict("records")]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -118,8 +101,8 @@ def run_search(space: dict, evaluate, csv_log: CsvLog, *, n_trials: int,
             warnings.simplefilter("ignore")
             for row in done.itertuples(index=False):
                 row = row._asdict()
-                x = [_cast(d, row[n]) for d, n in zip(dimensions, names)]
-                asked = [_cast(d, v) for d, v in zip(dimensions, optimizer.ask())]
+                x = [cast_to_dimension(d, row[n]) for d, n in zip(dimensions, names)]
+                asked = [cast_to_dimension(d, v) for d, v in zip(dimensions, optimizer.ask())]
                 diverged += asked != x
                 optimizer.tell(x, float(row["objective"]))
         # On a first run the one finished trial is the defaults trial just evaluated.
@@ -132,7 +115,7 @@ def run_search(space: dict, evaluate, csv_log: CsvLog, *, n_trials: int,
     for trial in range(len(done) + 1, n_trials + 1):  # numbered from 1, as shown everywhere
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            x = [_cast(d, v) for d, v in zip(dimensions, optimizer.ask())]
+            x = [cast_to_dimension(d, v) for d, v in zip(dimensions, optimizer.ask())]
         params = dict(zip(names, x))
         phase = "random" if trial <= n_initial_points else "GP"
         trial_start = time.time()
@@ -146,18 +129,12 @@ def run_search(space: dict, evaluate, csv_log: CsvLog, *, n_trials: int,
         best = min(best, loss) if math.isfinite(loss) else best
         left = n_trials - trial
         eta = (time.time() - start) / (trial - len(done)) * left
-        shown = " ".join(f"{k}={_short(v)}" for k, v in params.items())
+        shown = " ".join(f"{k}={short_value(v)}" for k, v in params.items())
         progress(f"{label}: trial {trial}/{n_trials} ({phase}) {shown} -> val loss "
-                 f"{loss:.5g} (best {best:.5g}); {_short(result.get('n_updates'))} updates, "
+                 f"{loss:.5g} (best {best:.5g}); {short_value(result.get('n_updates'))} updates, "
                  f"{time.time() - trial_start:.1f} s wall; {left} left, ETA "
                  f"{eta / 60:.1f} min")
     return optimizer, csv_log.read()
-
-
-def _short(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def run_trial(problem, data, solver: str, params: dict, trial: int, *, max_time: float,
@@ -228,13 +205,6 @@ def make_trial_evaluator(problem, data, solver: str, *, max_time: float, repeats
     return evaluate
 
 
-def is_diverged(trial_row) -> bool:
-    """Whether a trial diverged or failed (its loss is not finite or training said so)."""
-    reason = str(trial_row.get("stop_reason", ""))
-    loss = float(trial_row.get("val_loss", math.nan))
-    return not math.isfinite(loss) or "diverged" in reason or "failed" in reason
-
-
 def run_tune(problem, data, out_dir, budget, *, solvers=None, seed: int = 0,
              device: str = "auto", fresh: bool = False, progress=log,
              scheduler: str | None = None, n_workers: int | None = None) -> dict:
@@ -247,7 +217,7 @@ def run_tune(problem, data, out_dir, budget, *, solvers=None, seed: int = 0,
     """
     from benchmarks.dask_search import search_backend
 
-    with search_backend(scheduler, n_workers=n_workers) as backend:
+    with search_backend(scheduler, n_workers=n_workers, sequential=run_search) as backend:
         return _run_tune(problem, data, out_dir, budget, solvers=solvers, seed=seed,
                          device=device, fresh=fresh, progress=progress, backend=backend)
 
@@ -325,7 +295,7 @@ def default_point(problem, data, solver: str, space: dict) -> dict:
     point = {}
     for name, dimension in space.items():
         value = min(max(float(defaults[name]), dimension.low), dimension.high)
-        point[name] = _cast(dimension, value)
+        point[name] = cast_to_dimension(dimension, value)
     return point
 
 
@@ -353,9 +323,9 @@ def run_default_trial(problem, data, solver: str, space: dict, evaluate, csv_log
     trial = len(done) + 1
     result = evaluate(point, trial)
     csv_log.append({"trial": trial, **point, **result})
-    shown = " ".join(f"{k}={_short(v)}" for k, v in point.items())
+    shown = " ".join(f"{k}={short_value(v)}" for k, v in point.items())
     progress(f"{label}: trial {trial} (the defaults) {shown} -> val loss "
-             f"{float(result['val_loss']):.5g}; {_short(result.get('n_updates'))} updates")
+             f"{float(result['val_loss']):.5g}; {short_value(result.get('n_updates'))} updates")
 
 
 def best_configs(out_dir, solver: str, k: int):
@@ -380,5 +350,5 @@ def params_of(row, solver: str) -> dict:
     out = {}
     for name, dimension in space.items():
         if name in row and not (isinstance(row[name], float) and math.isnan(row[name])):
-            out[name] = _cast(dimension, row[name])
+            out[name] = cast_to_dimension(dimension, row[name])
     return out

@@ -287,3 +287,28 @@ def test_collectives_do_not_depend_on_the_solvers():
                  for alias in node.names}
     assert not {name for name in imported if name and name.startswith(
         ("skkfac.solvers", "skkfac.estimators", "skkfac.training"))}
+
+
+def test_benchmark_modules_import_no_private_names_and_form_no_cycle():
+    """The protocol's modules depend on each other in one direction only: tune, compare,
+    plotting, report and dask_search share benchmarks.trials, a leaf."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    graph = {}
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("benchmarks"):
+                assert not any(alias.name.startswith("_") for alias in node.names), path.name
+                imported.add(node.module.removeprefix("benchmarks").lstrip(".") or "__init__")
+        graph[path.stem] = imported
+
+    def reaches(start, goal, seen=()):
+        return any(nxt == goal or (nxt not in seen and reaches(nxt, goal, (*seen, nxt)))
+                   for nxt in graph.get(start, ()))
+
+    cyclic = sorted(name for name in graph if reaches(name, name))
+    assert not cyclic

@@ -30,6 +30,7 @@ from benchmarks.batch_size import train_for_updates
 from benchmarks.problems import get_problem
 from benchmarks.solvers import label, registered_solvers
 from benchmarks.time_budget import budget_ok
+from benchmarks.trials import is_diverged
 from skkfac.search import kfac_search_space, search_space, sgd_search_space
 
 # -- search spaces ------------------------------------------------------------------------
@@ -410,8 +411,8 @@ def test_diverged_trials_are_reported_and_marked(tmp_path):
                  ).to_csv(folder / "tune_sgd.csv", index=False)
     assert report._diverged_trials(folder) == [f"{label('sgd')} trials 2, 4"]
     assert plot_tune_losses(folder, get_problem("digits")).is_file()
-    assert tune.is_diverged({"val_loss": float("nan"), "stop_reason": "max_time"})
-    assert not tune.is_diverged({"val_loss": 0.1, "stop_reason": "max_time"})
+    assert is_diverged({"val_loss": float("nan"), "stop_reason": "max_time"})
+    assert not is_diverged({"val_loss": 0.1, "stop_reason": "max_time"})
 
 
 def _write_fixture_data(home: Path, seed=0) -> Path:

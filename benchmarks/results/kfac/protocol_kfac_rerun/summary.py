@@ -15,7 +15,8 @@ import sys
 import numpy as np
 import pandas as pd
 
-from benchmarks.compare import _curves, first_time_at_or_below
+from benchmarks.compare import first_time_at_or_below
+from benchmarks.trials import run_curves
 
 COLUMNS = ["trial", "seed_index", "final_loss", "final_train_loss", "n_updates",
            "train_time", "load_avg"]
@@ -32,7 +33,7 @@ def main(problem: str, out: str) -> None:
     print(mine[COLUMNS].to_string(index=False))
     print(f"median final held-out loss {np.median(mine['final_loss']):.5g}; "
           f"protocol {kfac['held-out loss']['median']:.5g}")
-    times = [first_time_at_or_below(c, target) for c in _curves(history, "kfac", trial)]
+    times = [first_time_at_or_below(c, target) for c in run_curves(history, "kfac", trial)]
     print(f"time to {protocol['target_solver']}'s median final loss {target:.5g}: "
           f"{[round(t, 1) for t in times]}, median {np.median(times):.1f} s of "
           f"{protocol['budget']:g} (protocol: {kfac['time_to_target']['median']:.1f} s)")
