@@ -11,6 +11,11 @@ Examples (from the repository root)::
     python -m benchmarks defaults --data-home /work/shared/data     # ~50 min, 2 cores
     python -m benchmarks report
 
+The single-question scripts run the same way, each with its own options (``--help``):
+``python -m benchmarks step-cost``, ``damping``, ``ekfac``, ``head-to-head``,
+``early-stopping``, ``tiny-batches``, ``small-batch``, ``scaling``,
+``bf16-precondition`` and ``protocol-summary``.
+
 Default budgets depend on the problem (``benchmarks/budgets.py``); every solver
 registered in ``skkfac.solvers.SOLVERS`` is searched and compared unless ``--solver``
 names some.
@@ -23,6 +28,7 @@ sub-command instead.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -62,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUB-COMMAND")
+    for name, module in SCRIPTS.items():
+        # Listed in --help; main() hands their arguments to the script itself.
+        sub.add_parser(name, help=f"benchmarks/{module}.py (its own --help)", add_help=False)
     d = problem_budget("mnist_ae")
     solvers = list(registered_solvers())
     per_problem = " (per-problem default; mnist_ae: {})"
@@ -215,8 +224,21 @@ def _budget(args):
     return base
 
 
+#: Sub-commands that are scripts of their own: name -> module of ``benchmarks`` whose
+#: ``main(argv)`` parses the remaining arguments.
+SCRIPTS = {"step-cost": "step_cost", "damping": "damping", "ekfac": "ekfac",
+           "head-to-head": "head_to_head", "early-stopping": "early_stopping",
+           "tiny-batches": "tiny_batches", "small-batch": "small_batch",
+           "scaling": "scaling", "bf16-precondition": "bf16_precondition",
+           "protocol-summary": "protocol_summary"}
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SCRIPTS:
+        module = importlib.import_module(f"benchmarks.{SCRIPTS[argv[0]]}")
+        sys.argv[0] = f"python -m benchmarks {argv[0]}"  # the scripts' usage lines
+        return module.main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     threads = getattr(args, "threads", None)
     if threads is None and args.command == "quick":

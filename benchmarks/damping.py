@@ -5,7 +5,7 @@ the study's MNIST autoencoder and on the UCI regression stand-in, for the same t
 time, and prints the held-out loss at the end of the budget (median over seeds). This is
 the measurement behind the defaults of :class:`skkfac.KFAC`.
 
-    python benchmarks/damping.py --data-home /work/shared/data --budget 30 --seeds 1
+    python -m benchmarks damping --data-home /work/shared/data --budget 30 --seeds 1
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ prints the median test score (R² or accuracy) and fit seconds of each setting p
 It is the measurement behind the default ``early_stopping='auto'``
 (``docs/user_guide/reliability.rst``, "Stopping")::
 
-    python -m benchmarks.early_stopping --data-home /work/shared/data \
+    python -m benchmarks early-stopping --data-home /work/shared/data \
         > benchmarks/results/defaults/early_stopping.txt
 """
 
@@ -66,7 +66,7 @@ def main(argv=None) -> None:
         lines.append(f"{name:<14}" + "".join(f"{cell:>18}" for cell in cells))
         print(lines[-1], file=sys.stderr, flush=True)
     header = machine_header([], args.threads, load_start)
-    header["command"] = shlex.join(["python", "-m", "benchmarks.early_stopping",
+    header["command"] = shlex.join(["python", "-m", "benchmarks", "early-stopping",
                                     *(sys.argv[1:] if argv is None else argv)])
     for key, value in header.items():
         print(f"# {key}: {value}")

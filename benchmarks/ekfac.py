@@ -14,7 +14,7 @@ is the estimator default. Two comparisons, each over ``--seeds`` seeds:
   not depend on the load. Held-out loss after every ``--eval-every`` updates on the first
   ``--eval-rows`` test rows, and at the end on the whole test set.
 
-    python -m benchmarks.ekfac --data-home /work/shared/data --budget 20 --updates 50 \\
+    python -m benchmarks ekfac --data-home /work/shared/data --budget 20 --updates 50 \\
         --seeds 2 --threads 1
 """
 
@@ -134,7 +134,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
-    print(f"# command: python -m benchmarks.ekfac {shlex.join(sys.argv[1:])}")
+    print(f"# command: python -m benchmarks ekfac {shlex.join(sys.argv[1:])}")
     print(f"# started {time.strftime('%Y-%m-%d %H:%M:%S')}, {torch.get_num_threads()} torch "
           f"thread(s), {os.cpu_count()} CPUs, load average "
           f"{', '.join(f'{v:.2f}' for v in os.getloadavg())} (1/5/15 min)")

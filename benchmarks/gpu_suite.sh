@@ -67,6 +67,6 @@ step pytest 270 tests.txt "$python" -m pytest -q -p no:cacheprovider -rs --durat
     tests/test_cuda.py tests/test_cuda_exact.py tests/test_devices.py tests/test_kfac_exact.py
 grep -E "^\[(sync|cost|precision)\]" "$out/tests.txt" >"$out/syncs.txt"
 
-step step_cost 150 step_cost.txt "$python" -m benchmarks.step_cost --device "$device" \
+step step_cost 150 step_cost.txt "$python" -m benchmarks step-cost --device "$device" \
     --batch-sizes $batches --repeats "$repeats"
 ! grep -qv ": exit 0 in" "$out/status.txt"

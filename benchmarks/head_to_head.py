@@ -6,7 +6,7 @@ learning rate 1e-3, batch 256) for the same budget, with the
 whole test set evaluated every ``budget/12`` training seconds, and prints the learning
 curves, the final per-pixel test MSE and when K-FAC first reached each first-order run's final loss.
 
-    python benchmarks/head_to_head.py --data-home /work/shared/data --budget 60
+    python -m benchmarks head-to-head --data-home /work/shared/data --budget 60
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Data-parallel K-FAC: 1 against N gloo ranks on the MNIST autoencoder.
 
-``python -m benchmarks.scaling --data-home /work/shared/data`` (from the repository
+``python -m benchmarks scaling --data-home /work/shared/data`` (from the repository
 root) fits the study's autoencoder (784-1000-500-250-30-250-500-1000-784, tanh, float32,
 batch 1000) with :func:`skkfac.distributed.fit_data_parallel` for each number of ranks
 (one torch thread per rank), a fixed training-time budget each, and measures:
@@ -163,7 +163,7 @@ def write_summary(out: Path, scaling: pd.DataFrame, inverses: pd.DataFrame, *,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks scaling",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-home", default=None)
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     from skkfac.datasets import load_mnist
 
-    command = shlex.join(["python", "-m", "benchmarks.scaling",
+    command = shlex.join(["python", "-m", "benchmarks", "scaling",
                           *(sys.argv[1:] if argv is None else argv)])
     mnist = load_mnist(args.data_home)
     X_train = mnist.X_train

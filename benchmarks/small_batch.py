@@ -5,7 +5,7 @@ The study's K-FAC could not learn below a batch of about 100 (its §7.2: 0.10 at
 its defaults for the same time budget at batch sizes 25, 50 and 100, and at batch 25
 assembled into artificial batches of 1000, and prints the per-pixel test MSE.
 
-    python benchmarks/small_batch.py [BUDGET_SECONDS] [--data-home DIR]
+    python -m benchmarks small-batch [BUDGET_SECONDS] [--data-home DIR]
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ K-FAC/SGD ratio measured in the same run, and peak memory, in steady state (afte
 :func:`batch_for`). ``--network cifar10`` times the study's CIFAR-10 classifier
 (3072-3000-2000-1500-1000-250-10) instead of the MNIST autoencoder.
 
-    python benchmarks/step_cost.py [--batch-sizes 250 1000 4096 10000] [--repeats 7]
-    python benchmarks/step_cost.py --network cifar10 --batch-sizes 1000
-    python benchmarks/step_cost.py --precondition-precision full
+    python -m benchmarks step-cost [--batch-sizes 250 1000 4096 10000] [--repeats 7]
+    python -m benchmarks step-cost --network cifar10 --batch-sizes 1000
+    python -m benchmarks step-cost --precondition-precision full
 """
 
 from __future__ import annotations

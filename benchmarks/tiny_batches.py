@@ -8,11 +8,12 @@ what K-FAC did before it accumulated small batches), K-FAC at its defaults (upda
 at least 128 samples) and SGD at the same batch size, and prints the test accuracy, the
 accuracy on all 200 samples, the stop reason and the number of updates::
 
-    python -m benchmarks.tiny_batches > benchmarks/results/kfac/tiny_batches.txt
+    python -m benchmarks tiny-batches > benchmarks/results/kfac/tiny_batches.txt
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import sys
@@ -28,6 +29,7 @@ BATCH_SIZES = (1, 4, 16)
 
 
 def main(argv=None) -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     load_start = os.getloadavg()
     warnings.simplefilter("ignore")
     X, y = make_classification(200, n_features=5, n_informative=3, n_redundant=0,
@@ -47,7 +49,7 @@ def main(argv=None) -> None:
                          f"{clf.n_updates_:>5} updates")
             print(lines[-1], file=sys.stderr, flush=True)
     header = machine_header([], 1, load_start)
-    header["command"] = shlex.join(["python", "-m", "benchmarks.tiny_batches",
+    header["command"] = shlex.join(["python", "-m", "benchmarks", "tiny-batches",
                                     *(sys.argv[1:] if argv is None else argv)])
     for key, value in header.items():
         print(f"# {key}: {value}")

@@ -312,3 +312,32 @@ def test_benchmark_modules_import_no_private_names_and_form_no_cycle():
 
     cyclic = sorted(name for name in graph if reaches(name, name))
     assert not cyclic
+
+
+def test_benchmark_results_hold_data_only_and_every_script_runs_through_the_cli():
+    """No scripts among the results; every benchmark module with a ``main`` is a
+    sub-command of ``python -m benchmarks``."""
+    import ast
+    from pathlib import Path
+
+    from benchmarks.cli import SCRIPTS, build_parser
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    assert not sorted(str(p.relative_to(root)) for p in (root / "results").rglob("*.py"))
+    with_main = {path.stem for path in root.glob("*.py")
+                 if any(isinstance(node, ast.FunctionDef) and node.name == "main"
+                        for node in ast.parse(path.read_text()).body)}
+    assert with_main - {"cli"} == set(SCRIPTS.values())
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(SCRIPTS) <= set(commands)
+
+
+def test_benchmark_scripts_take_their_arguments_from_the_cli(capsys):
+    import pytest
+
+    from benchmarks.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["step-cost", "--help"])
+    assert exit_info.value.code == 0
+    assert "python -m benchmarks step-cost" in capsys.readouterr().out

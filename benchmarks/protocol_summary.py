@@ -6,11 +6,13 @@ configuration's runs, their median final held-out loss next to the protocol's, a
 time each run first reached the protocol's target (the best first-order solver's median
 final held-out loss), next to the protocol's median.
 
-    PYTHONPATH=. python benchmarks/results/kfac/protocol_kfac_rerun/summary.py PROBLEM OUT
+    python -m benchmarks protocol-summary PROBLEM OUT
+
+(``benchmarks/results/kfac/protocol_kfac_rerun/`` holds what it printed.)
 """
 
+import argparse
 import json
-import sys
 
 import numpy as np
 import pandas as pd
@@ -22,7 +24,7 @@ COLUMNS = ["trial", "seed_index", "final_loss", "final_train_loss", "n_updates",
            "train_time", "load_avg"]
 
 
-def main(problem: str, out: str) -> None:
+def summarise(problem: str, out: str) -> None:
     with open(f"benchmarks/results/{problem}/verdict.json") as file:
         protocol = json.load(file)
     kfac = protocol["solvers"]["kfac"]
@@ -39,5 +41,14 @@ def main(problem: str, out: str) -> None:
           f"{protocol['budget']:g} (protocol: {kfac['time_to_target']['median']:.1f} s)")
 
 
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks protocol-summary",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("problem", help="a problem with protocol results, e.g. mnist_ae")
+    parser.add_argument("out", help="the rerun's compare output folder")
+    args = parser.parse_args(argv)
+    summarise(args.problem, args.out)
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main()

@@ -8,10 +8,10 @@ alternate seed by seed so that a drift of the machine's speed affects both alike
 the test loss (per-pixel MSE; cross-entropy and accuracy for CIFAR-10) and the number of
 updates.
 
-Run: ``SKKFAC_DATA=DIR PYTHONPATH=. python benchmarks/results/kfac/bf16_precondition.py
-[mnist_ae|cifar10|regression|protein ...] [--seeds 2 3]`` (on 2 cores about 7 minutes for the
-autoencoder, 9 for CIFAR-10, 5 each for the regressions);
-its output is ``bf16_precondition.txt`` next to this file.
+Run: ``python -m benchmarks bf16-precondition [mnist_ae|cifar10|regression|protein ...]
+[--seeds 2 3] [--data-home DIR]`` (on 2 cores about 7 minutes for the autoencoder, 9 for
+CIFAR-10, 5 each for the regressions); its output is
+``benchmarks/results/kfac/bf16_precondition.txt``.
 """
 
 import argparse
@@ -40,12 +40,14 @@ SETTINGS = {
 }
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks bf16-precondition",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("problems", nargs="*", help=f"of {sorted(SETTINGS)} (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="seeds to run (default: the problem's)")
-    args = parser.parse_args()
+    parser.add_argument("--data-home", default=os.environ.get("SKKFAC_DATA"))
+    args = parser.parse_args(argv)
     unknown = set(args.problems) - set(SETTINGS)
     if unknown:
         parser.error(f"unknown problems {sorted(unknown)}; known: {sorted(SETTINGS)}")
@@ -55,7 +57,7 @@ def main():
         budget, seeds, params = SETTINGS[name]
         seeds = args.seeds or seeds
         problem = get_problem(name)
-        data = problem.load(os.environ.get("SKKFAC_DATA"))
+        data = problem.load(args.data_home)
         print(f"# {name}: {budget:g} s of training, K-FAC {params or 'defaults'}", flush=True)
         for seed in seeds:
             for precision in ("full", "bfloat16"):
