@@ -303,4 +303,4 @@ def run_defaults(out, *, cells=None, methods=None, seeds: int = 3, threads: int 
                      f"(elapsed {(time.time() - start) / 60:.1f} min)")
     header = machine_header(argv, threads, load_start)
     return write_results(out, run_log.read(), header, cell_order=list(CELLS),
-                         skipped=skipped, progress=progress)
+                         skipped=skipped, history=history_log.read(), progress=progress)

@@ -1,4 +1,4 @@
-"""Verdicts, ``table.md``, ``verdict.json`` and ``scores.png`` of ``defaults``.
+"""Verdicts, ``table.md``, ``verdict.json``, ``scores.png`` and ``curves.png`` of ``defaults``.
 
 The rules are stated in :mod:`benchmarks.defaults`; :func:`compare_medians` and
 :func:`cell_verdict` are pure functions of the runs (unit-tested on hand-made numbers).
@@ -217,6 +217,38 @@ def markdown(verdicts: dict, header: dict, skipped: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_curves(path, history: pd.DataFrame, cells: list[str]) -> Path | None:
+    """Held-out loss against training time on the big cells: per method the median over
+    seeds at each evaluation (they happen at the same training times), the seeds' range
+    shaded."""
+    from benchmarks.plotting import plt, save_figure
+    from benchmarks.solvers import colormap
+
+    cells = [c for c in cells if c in set(history["cell"])]
+    if not cells:
+        return None
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.4), squeeze=False)
+    for ax, cell in zip(axes[0], cells):
+        rows = history[history["cell"] == cell]
+        for method, runs in rows.groupby("method", sort=False):
+            # Evaluation k of every seed: the median time and the loss's spread.
+            runs = runs.assign(k=runs.groupby("seed").cumcount())
+            by_k = runs.groupby("k").agg(time=("time", "median"),
+                                         median=("eval_loss", "median"),
+                                         low=("eval_loss", "min"), high=("eval_loss", "max"))
+            color = plt.get_cmap(colormap(method))(0.75)
+            ax.plot(by_k["time"], by_k["median"], color=color, label=method_label(method))
+            ax.fill_between(by_k["time"], by_k["low"], by_k["high"], color=color, alpha=0.2)
+        ax.set_yscale("log")
+        ax.set_title(cell, fontsize=10)
+        ax.set_xlabel("training seconds")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("held-out loss (median over seeds)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Every solver at its defaults: held-out loss during training", fontsize=11)
+    return save_figure(fig, Path(path))
+
+
 def plot_scores(path, verdicts: dict) -> Path | None:
     """K-FAC's advantage over the best first-order skkfac solver and the references,
     per cell (big problems left, tabular sets right); symlog axes, 0 = level."""
@@ -276,8 +308,9 @@ def plot_scores(path, verdicts: dict) -> Path | None:
 
 
 def write_results(out, runs: pd.DataFrame, header: dict, *, cell_order=(), skipped=None,
-                  progress=print) -> dict:
-    """Verdicts of every cell in ``runs`` -> table.md, verdict.json, scores.png, stdout.
+                  history: pd.DataFrame | None = None, progress=print) -> dict:
+    """Verdicts of every cell in ``runs`` -> table.md, verdict.json, scores.png, stdout;
+    the big cells' learning curves in ``history`` -> curves.png.
 
     Cells are listed in ``cell_order`` (others after them, by name)."""
     out = Path(out)
@@ -299,6 +332,10 @@ def write_results(out, runs: pd.DataFrame, header: dict, *, cell_order=(), skipp
         {"header": header, "summary": summary, "cells": verdicts, "skipped": skipped},
         indent=2, default=_json_default) + "\n")
     figure = plot_scores(out / "scores.png", verdicts)
+    if history is not None and len(history):
+        curves = plot_curves(out / "curves.png", history, [n for n in names
+                                                             if not verdicts[n]["tabular"]])
+        figure = f"{figure}, {curves}" if figure and curves else figure or curves
     print("\n".join(["", "Summary (K-FAC against the best first-order skkfac solver):",
                      *(verdict_sentence(n, i) for n, i in verdicts.items()),
                      *(f"{n}: skipped, data missing" for n in skipped),
