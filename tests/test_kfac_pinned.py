@@ -6,13 +6,18 @@ curvature estimate and quadratic model moved out of ``skkfac/solvers/kfac.py``. 
 networks are float64 with ``precondition_precision='full'``, so the references hold on
 any CPU up to the last bits of the reductions (hence ``rtol=1e-10``, not ``torch.equal``).
 
-Regenerate (only for an intended change of behaviour)::
+``tests/data/kfac_state_before_split.pt`` holds ``state_dict`` files written by that
+optimizer after 3 updates of some cases: loaded now, they must finish the same run.
 
-    python tests/test_kfac_pinned.py
+Regenerate (only for an intended change of behaviour; the checkpoints with the version
+whose files must keep loading)::
+
+    python tests/test_kfac_pinned.py [--checkpoints]
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -22,7 +27,13 @@ from torch import nn
 from skkfac import KFAC
 from skkfac.nn import build_mlp
 
-REFERENCE = Path(__file__).resolve().parent / "data" / "kfac_pinned.pt"
+DATA = Path(__file__).resolve().parent / "data"
+REFERENCE = DATA / "kfac_pinned.pt"
+#: ``state_dict`` files written by the optimizer before the split, after
+#: :data:`N_CHECKPOINTED` updates of the cases :data:`CHECKPOINTED`.
+CHECKPOINTS = DATA / "kfac_state_before_split.pt"
+CHECKPOINTED = ("autoencoder", "ekfac", "max_norm_study")
+N_CHECKPOINTED = 3
 N_UPDATES = 5
 
 
@@ -62,18 +73,23 @@ CASES = {
 }
 
 
-def run_case(name: str, dtype=torch.float64):
-    """Train case ``name`` for :data:`N_UPDATES` updates; returns ``(weights, reports)``."""
-    (n_in, hidden, n_out), loss, options, splits = CASES[name]
+def make(name: str, dtype=torch.float64):
+    """The network and the optimizer of case ``name``, before any update."""
+    (n_in, hidden, n_out), loss, options, _ = CASES[name]
     torch.manual_seed(0)
     model = build_mlp(n_in, hidden, n_out, generator=torch.Generator().manual_seed(1),
                       dtype=dtype)
     if name == "torch_func_jvp":
         model = Scaled(model)
-    opt = KFAC(model, loss, precondition_precision="full", random_state=2, **options)
+    return model, KFAC(model, loss, precondition_precision="full", random_state=2, **options)
+
+
+def batches(name: str, dtype=torch.float64):
+    """The micro-batches ``[(X, y), ...]`` of each update of case ``name``."""
+    (n_in, _, n_out), loss, _, splits = CASES[name]
     g = torch.Generator().manual_seed(3)
-    reports = []
     for _ in range(N_UPDATES):
+        update = []
         for rows in splits:
             X = torch.randn(rows, n_in, generator=g, dtype=dtype)
             if loss == "cross_entropy":
@@ -84,12 +100,34 @@ def run_case(name: str, dtype=torch.float64):
             else:
                 y = torch.tanh(X[:, :n_out]) + 0.1 * torch.randn(rows, n_out, generator=g,
                                                                  dtype=dtype)
+            update.append((X, y))
+        yield update
+
+
+def train(opt, updates) -> torch.Tensor:
+    """Make one update per entry of ``updates``; returns their reports, one row each."""
+    reports = []
+    for micro_batches in updates:
+        for X, y in micro_batches:
             opt.accumulate(X, y)
         fetched = opt.step().fetch()
         reports.append(torch.tensor([float("nan") if fetched[key] is None else fetched[key]
                                      for key in REPORT_KEYS], dtype=torch.float64))
-    weights = [p.detach().clone() for p in model.parameters()]
-    return weights, torch.stack(reports)
+    return torch.stack(reports)
+
+
+def run_case(name: str, dtype=torch.float64):
+    """Train case ``name`` for :data:`N_UPDATES` updates; returns ``(weights, reports)``."""
+    model, opt = make(name, dtype)
+    reports = train(opt, batches(name, dtype))
+    return [p.detach().clone() for p in model.parameters()], reports
+
+
+def checkpoint(name: str, n_updates: int) -> dict:
+    """The model's and the optimizer's ``state_dict`` after ``n_updates`` of case ``name``."""
+    model, opt = make(name)
+    train(opt, list(batches(name))[:n_updates])
+    return copy.deepcopy({"model": model.state_dict(), "optimizer": opt.state_dict()})
 
 
 REPORT_KEYS = ("accepted", "loss_before", "loss_after", "rho", "damping", "step_size",
@@ -121,7 +159,29 @@ def test_the_cases_cover_rejections_and_the_low_rank_route(reference):
         low_rank_work = rows * (n_out**2 + n_a**2 + n_out * n_a)
         assert low_rank_work < n_out * n_a * (n_out + n_a)  # the route is taken
 
+
+@pytest.mark.parametrize("name", CHECKPOINTED)
+def test_state_dicts_saved_before_the_split_resume_the_pinned_run(name, reference):
+    saved = torch.load(CHECKPOINTS)[name]
+    model, opt = make(name)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    reports = train(opt, list(batches(name))[N_CHECKPOINTED:])
+    expected_weights, expected_reports = reference[name]
+    for got, expected in zip(model.parameters(), expected_weights):
+        torch.testing.assert_close(got.detach(), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(reports, expected_reports[N_CHECKPOINTED:], rtol=1e-10,
+                               atol=1e-12, equal_nan=True)
+
+
 if __name__ == "__main__":
-    REFERENCE.parent.mkdir(exist_ok=True)
-    torch.save({name: run_case(name) for name in CASES}, REFERENCE)
-    print(f"wrote {REFERENCE}")
+    import sys
+
+    DATA.mkdir(exist_ok=True)
+    if sys.argv[1:] == ["--checkpoints"]:  # with the optimizer whose files must load
+        torch.save({name: checkpoint(name, N_CHECKPOINTED) for name in CHECKPOINTED},
+                   CHECKPOINTS)
+        print(f"wrote {CHECKPOINTS}")
+    else:
+        torch.save({name: run_case(name) for name in CASES}, REFERENCE)
+        print(f"wrote {REFERENCE}")
