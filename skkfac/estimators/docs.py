@@ -9,15 +9,15 @@ writes, into an estimator's docstring, the entries of exactly the parameters of 
 from __future__ import annotations
 
 import inspect
-import textwrap
-from numbers import Integral, Real
 
-from sklearn.utils._param_validation import Interval, StrOptions, make_constraint
+from skkfac.solvers.spec import (
+    PARAMETERS_MARKER,
+    SOLVERS,
+    constraint_type,
+    estimator_parameters,
+    numpydoc_entry,
+)
 
-from skkfac.solvers.spec import SOLVERS, estimator_parameters
-
-#: Marker replaced by the parameter entries in an estimator's docstring.
-PARAMETERS_MARKER = "    <parameters>\n"
 #: Marker replaced by :data:`FITTED_ATTRIBUTES`.
 ATTRIBUTES_MARKER = "    <fitted attributes>\n"
 
@@ -177,27 +177,6 @@ FITTED_ATTRIBUTES = """\
 """
 
 
-def constraint_type(constraints) -> str:
-    """The numpydoc type of a parameter from its scikit-learn constraints."""
-    names = []
-    for constraint in constraints:
-        if constraint is None:
-            continue  # written last, as numpydoc does
-        constraint = make_constraint(constraint)
-        if isinstance(constraint, StrOptions):
-            names.append("{" + ", ".join(repr(o) for o in sorted(constraint.options)) + "}")
-        elif isinstance(constraint, Interval):
-            names.append("int" if constraint.type is Integral else
-                         "float" if constraint.type is Real else constraint.type.__name__)
-        elif type(constraint).__name__ == "_Booleans":  # the "boolean" constraint
-            names.append("bool")
-        else:
-            names.append(str(constraint))
-    if None in constraints:
-        names.append("None")
-    return " or ".join(names)
-
-
 def _solver_entry(parameter) -> tuple[str, str]:
     """Type line and description of a parameter declared by solvers."""
     type_line = (f"{constraint_type(parameter.constraints)}, "
@@ -249,9 +228,7 @@ def parameter_entries(cls) -> str:
             type_line, text = _solver_entry(solver_parameters[name])
         else:
             raise ValueError(f"{cls.__name__}: no documentation for parameter {name!r}.")
-        body = textwrap.fill(text, width=84, initial_indent=" " * 8,
-                             subsequent_indent=" " * 8, break_on_hyphens=False)
-        entries.append(f"    {name} : {type_line}\n{body}\n")
+        entries.append(numpydoc_entry(name, type_line, text))
     return "".join(entries)
 
 

@@ -10,12 +10,18 @@ module and registering it.
 
 from __future__ import annotations
 
+import inspect
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any
 
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions, make_constraint
+
+#: Marker replaced by the parameter entries in a generated docstring.
+PARAMETERS_MARKER = "    <parameters>\n"
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,9 @@ class Hyperparameter:
     estimator_name : str or None
         The estimators' name for it when it differs (scikit-learn's MLP names:
         ``lr`` is ``learning_rate_init``, ``nesterov`` is ``nesterovs_momentum``).
+    solver_doc : str or None
+        The solver's own, longer description of it, for a solver docstring written by
+        :func:`document_parameters` (``None``: ``doc``).
     """
 
     name: str
@@ -43,6 +52,7 @@ class Hyperparameter:
     constraints: list
     doc: str
     estimator_name: str | None = None
+    solver_doc: str | None = None
 
     @property
     def parameter(self) -> str:
@@ -180,6 +190,60 @@ def solver_arguments(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
             value = hyper.default
         arguments[hyper.name] = value
     return arguments
+
+
+def constraint_type(constraints) -> str:
+    """The numpydoc type of a parameter from its scikit-learn constraints."""
+    names = []
+    for constraint in constraints:
+        if constraint is None:
+            continue  # written last, as numpydoc does
+        constraint = make_constraint(constraint)
+        if isinstance(constraint, StrOptions):
+            names.append("{" + ", ".join(repr(o) for o in sorted(constraint.options)) + "}")
+        elif isinstance(constraint, Interval):
+            names.append("int" if constraint.type is Integral else
+                         "float" if constraint.type is Real else constraint.type.__name__)
+        elif type(constraint).__name__ == "_Booleans":  # the "boolean" constraint
+            names.append("bool")
+        else:
+            names.append(str(constraint))
+    if None in constraints:
+        names.append("None")
+    return " or ".join(names)
+
+
+def numpydoc_entry(name: str, type_line: str, text: str) -> str:
+    """One entry of a numpydoc ``Parameters`` section of a class docstring."""
+    body = textwrap.fill(text, width=84, initial_indent=" " * 8, subsequent_indent=" " * 8,
+                         break_on_hyphens=False)
+    return f"    {name} : {type_line}\n{body}\n"
+
+
+def document_parameters(others: Mapping[str, tuple[str, str]]):
+    """Class decorator: write a solver's parameter entries at its docstring's
+    :data:`PARAMETERS_MARKER`, in the order of its constructor's signature.
+
+    A declared hyperparameter is described by its declaration (``solver_doc``, else
+    ``doc``; the type from its constraints), any other parameter by
+    ``others[name]``, a ``(type line, description)`` pair.
+    """
+
+    def decorator(cls):
+        declared = {h.name: h for h in (*cls.hyperparameters, *cls.internal_hyperparameters)}
+        entries = []
+        for name in list(inspect.signature(cls.__init__).parameters)[1:]:
+            if name in declared:
+                hyper = declared[name]
+                type_line = f"{constraint_type(hyper.constraints)}, default={hyper.default!r}"
+                entries.append(numpydoc_entry(name, type_line, hyper.solver_doc or hyper.doc))
+            else:
+                entries.append(numpydoc_entry(name, *others[name]))
+        if cls.__doc__ is not None:  # python -OO drops docstrings
+            cls.__doc__ = cls.__doc__.replace(PARAMETERS_MARKER, "".join(entries))
+        return cls
+
+    return decorator
 
 
 @dataclass
