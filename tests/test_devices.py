@@ -243,7 +243,7 @@ def test_pending_artificial_batch_keeps_no_view_of_the_data_set(no_gpu):
             # Pending rows copied: a pickle far smaller than the data set (it held the
             # whole shuffled copy once per pending micro-batch before).
             assert len(blob) < X.astype(np.float32).nbytes / 4
-            held = tensors_in(reg.solver_._curvature_rows)
+            held = tensors_in(reg.solver_.curvature.rows)
             assert held and all(
                 t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in held)
             reg = pickle.loads(blob)

@@ -251,8 +251,8 @@ class TwoRanks:
 
 
 def test_data_parallel_ranks_share_the_scaling_and_match_one_process():
-    """Each rank's rows are summed over the ranks through the solver's seams
-    (``_all_reduce``, ``_reduce_count``): two ranks on half batches make the update of one
+    """Each rank's rows are summed over the ranks through the solver's seam
+    (``reductions``: ``all_reduce``, ``count``): two ranks on half batches make the update of one
     process on the whole batch (else their scalings, hence their weights, would differ)."""
     X, y = batch("cross_entropy", n=16)
     options = dict(fisher="empirical", inv_update_freq=2)
@@ -268,14 +268,14 @@ def test_data_parallel_ranks_share_the_scaling_and_match_one_process():
         try:
             part = slice(8 * rank, 8 * rank + 8)
             rank_opt = plain(ranks[rank], "cross_entropy", **options)
-            rank_opt._all_reduce = lambda tensors: group.all_reduce(rank, tensors)
+            rank_opt.reductions.all_reduce = lambda tensors: group.all_reduce(rank, tensors)
 
             def reduce_count(count):
                 total = torch.tensor([float(count)])
                 group.all_reduce(rank, [total])
                 return int(total.item())
 
-            rank_opt._reduce_count = reduce_count
+            rank_opt.reductions.count = reduce_count
             for _ in range(3):
                 rank_opt.accumulate(X[part], y[part])
                 rank_opt.step()

@@ -43,7 +43,7 @@ def test_estimators_use_the_solvers_preferred_batch_size():
 
 def test_low_rank_route_only_where_it_needs_fewer_multiply_adds():
     opt = KFAC(build_mlp(784, (1000, 30), 784))
-    for block, limit in zip(opt.blocks, opt._low_rank_rows):
+    for block, limit in zip(opt.blocks, opt.curvature.low_rank_rows):
         n_out, n_a = block.G_sum.shape[0], block.A_sum.shape[0]
         full = n_out * n_a * (n_out + n_a)
         per_row = n_out**2 + n_a**2 + n_out * n_a

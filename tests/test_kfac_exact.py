@@ -252,7 +252,7 @@ def test_low_rank_preconditioning_equals_the_full_product(scheme, monkeypatch):
         opt = KFAC(model, "squared_error", fisher="exact", damping_scheme=scheme,
                    damping_adapt_interval=2, random_state=0)
         if not low_rank:
-            opt._low_rank_rows = [0] * len(opt.layers)
+            opt.curvature.low_rank_rows = [0] * len(opt.layers)
         for _ in range(4):
             for part in splits:
                 opt.accumulate(X[part], y[part])
@@ -334,14 +334,14 @@ def test_curvature_subsample_uses_only_the_first_rows():
     for a, b in zip(full.blocks, sub.blocks):
         torch.testing.assert_close(a.A_sum, b.A_sum)
         torch.testing.assert_close(a.G_sum, b.G_sum)
-    assert sub.n_accumulated == 10 and sub.n_curvature_examples == 4
+    assert sub.n_accumulated == 10 and sub.curvature.n_examples == 4
     split = plain(small_net(), "squared_error", fisher="exact", curvature_batch_size=4)
     for part in (slice(0, 3), slice(3, 6), slice(6, 10)):  # rows 0-3 span two micro-batches
         split.accumulate(X[part], y[part])
     for a, b in zip(full.blocks, split.blocks):
         torch.testing.assert_close(a.A_sum, b.A_sum)
         torch.testing.assert_close(a.G_sum, b.G_sum)
-    torch.testing.assert_close(split._curvature_batch()[0], X[:4])
+    torch.testing.assert_close(split.curvature.batch()[0], X[:4])
 
 
 def test_state_dict_round_trip_and_pickle():

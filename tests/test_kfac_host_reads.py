@@ -92,6 +92,6 @@ def test_low_rank_preconditioning_reads_nothing_more():
     """16-row batches: the 64-32 and 32-64 layers take the low-rank route."""
     X = torch.rand(16, 64, generator=torch.Generator().manual_seed(1))
     opt = autoencoder(inv_update_freq=3, damping_adapt_interval=2)
-    assert max(opt._low_rank_rows) > 16
+    assert max(opt.curvature.low_rank_rows) > 16
     per_update, _ = reads_per_update(opt, X, 6)
     assert max(per_update) <= 1, per_update

@@ -64,14 +64,14 @@ def test_biasless_fast_jvp_matches_torch_func():
                           nn.ReLU(), nn.Linear(3, 2, bias=False))
     opt = exact(model, curvature_batch_size=6)
     opt.accumulate(X, Y)
-    batch = opt._curvature_batch()
+    batch = opt.curvature.batch()
     g = torch.Generator().manual_seed(2)
     tangents = [[torch.randn(*block.G_sum.shape[:1], block.A_sum.shape[0], generator=g)
                  for block in opt.blocks] for _ in range(2)]
     assert [t.shape[1] for t in tangents[0]] == [4, 6, 3]
-    fast = opt._jacobian_products(batch, tangents)
-    opt._fast_jvp = False
-    reference = opt._jacobian_products(batch, tangents)
+    fast = opt.quadratic.jacobian_products(batch, tangents)
+    opt.quadratic.fast_jvp = False
+    reference = opt.quadratic.jacobian_products(batch, tangents)
     for a, b in zip(fast, reference):
         torch.testing.assert_close(a, b)
 
@@ -256,8 +256,8 @@ def test_rejection_ignores_rounding_noise_of_a_loss_near_zero():
         model.weight.copy_(torch.eye(2))
         model.bias.zero_()
     opt.accumulate(X, y)
-    batch = opt._curvature_batch()
-    before = opt._curvature_loss(batch)
+    batch = opt.curvature.batch()
+    before = opt.quadratic.batch_loss(batch)
     assert 0 < float(before) < 1e-6  # near zero: doubling it is noise
     nudge = [torch.tensor([[-0.05, 0.05, 0.0], [0.05, -0.05, 0.0]])]  # loss x ~2.2
     with torch.no_grad():
@@ -267,7 +267,7 @@ def test_rejection_ignores_rounding_noise_of_a_loss_near_zero():
     wild = [torch.tensor([[-2.0, 2.0, 0.0], [2.0, -2.0, 0.0]])]
     saved = [p.detach().clone() for p in model.parameters()]
     with torch.no_grad():
-        accepted, _ = opt._apply_checked(wild, batch, opt._curvature_loss(batch))
+        accepted, _ = opt._apply_checked(wild, batch, opt.quadratic.batch_loss(batch))
     assert not bool(accepted)
     for a, b in zip(saved, model.parameters()):
         assert torch.equal(a, b)
@@ -280,9 +280,9 @@ def test_nan_step_is_undone_exactly():
     opt.accumulate(X, Y)
     saved = [p.detach().clone() for p in model.parameters()]
     steps = [torch.full((3, 5), float("nan")), torch.zeros(2, 4)]
-    batch = opt._curvature_batch()
+    batch = opt.curvature.batch()
     with torch.no_grad():
-        accepted, after = opt._apply_checked(steps, batch, opt._curvature_loss(batch))
+        accepted, after = opt._apply_checked(steps, batch, opt.quadratic.batch_loss(batch))
     assert not bool(accepted) and not torch.isfinite(after)
     for a, b in zip(saved, model.parameters()):
         assert torch.equal(a, b)
@@ -294,8 +294,8 @@ def test_rejection_ratio_decides_whether_a_loss_increase_is_undone(ratio, kept):
     model = nn.Linear(4, 2)
     opt = KFAC(model, "squared_error", rejection_ratio=ratio, random_state=0)
     opt.accumulate(X, Y)
-    batch = opt._curvature_batch()
-    before = opt._curvature_loss(batch)
+    batch = opt.curvature.batch()
+    before = opt.quadratic.batch_loss(batch)
     saved = [p.detach().clone() for p in model.parameters()]
     steps = [torch.full((2, 5), -3.0)]  # the loss grows far more than tenfold, finitely
     with torch.no_grad():
@@ -311,11 +311,11 @@ def test_without_rejection_ratio_a_non_finite_step_is_still_undone():
     model = nn.Linear(4, 2)
     opt = KFAC(model, "squared_error", rejection_ratio=None, random_state=0)
     opt.accumulate(X, Y)
-    batch = opt._curvature_batch()
+    batch = opt.curvature.batch()
     saved = [p.detach().clone() for p in model.parameters()]
     with torch.no_grad():
         accepted, _ = opt._apply_checked([torch.full((2, 5), float("inf"))], batch,
-                                         opt._curvature_loss(batch))
+                                         opt.quadratic.batch_loss(batch))
     assert not bool(accepted)
     for a, b in zip(saved, model.parameters()):
         assert torch.equal(a, b)

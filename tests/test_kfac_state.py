@@ -92,9 +92,9 @@ def test_pickle_round_trip_continues_identically():
 def test_generator_state_from_another_device_reseeds_deterministically():
     _, opt = make(0, torch.float64)
     cuda_like_state = torch.arange(16, dtype=torch.uint8)  # a Philox state: not a CPU one
-    opt._set_generator_state(cuda_like_state)
+    opt.curvature.set_generator_state(cuda_like_state)
     first = torch.rand(3, generator=opt.generator)
-    opt._set_generator_state(cuda_like_state)
+    opt.curvature.set_generator_state(cuda_like_state)
     assert torch.equal(first, torch.rand(3, generator=opt.generator))
     assert opt.generator.device == opt.device
 
@@ -140,7 +140,7 @@ def test_state_dict_round_trip_with_the_low_rank_preconditioning():
         return model, KFAC(model, random_state=seed, inv_update_freq=3)
 
     model, opt = fresh(0)
-    assert all(limit > 8 for limit in opt._low_rank_rows)
+    assert all(limit > 8 for limit in opt.curvature.low_rank_rows)
     train(opt, data[:5])
     saved = copy.deepcopy({"model": model.state_dict(), "optimizer": opt.state_dict()})
     assert_resumes_bit_for_bit(saved, (model, opt), fresh(1), data[5:])

@@ -199,14 +199,17 @@ class TorchOptimizerSolver(Solver):
         self.optimizer.state.clear()
 
 
-def clone_tensors(obj):
-    """``obj`` (tensors in lists and tuples, named or not) with every tensor cloned."""
+def copy_tensors(obj, device: torch.device | None = None):
+    """``obj`` (tensors in dicts, lists and tuples, named or not) with every tensor copied,
+    to ``device`` when one is given (dtypes kept)."""
     if isinstance(obj, torch.Tensor):
-        return obj.clone()
+        return obj.clone() if device is None else obj.to(device=device, copy=True)
+    if isinstance(obj, dict):
+        return {key: copy_tensors(item, device) for key, item in obj.items()}
     if isinstance(obj, list):
-        return [clone_tensors(item) for item in obj]
+        return [copy_tensors(item, device) for item in obj]
     if isinstance(obj, tuple):
-        items = [clone_tensors(item) for item in obj]
+        items = [copy_tensors(item, device) for item in obj]
         return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
     return obj
 
