@@ -8,7 +8,8 @@ Examples (from the repository root)::
     python -m benchmarks batch-size --problem mnist_ae --data-home /work/shared/data
     python -m benchmarks time-budget --data-home /work/shared/data
     python -m benchmarks gpu --data-home /work/shared/data --device cuda
-    python -m benchmarks defaults --data-home /work/shared/data     # ~50 min, 2 cores
+    python -m benchmarks defaults --data-home /work/shared/data     # ~70 min, 2 cores
+    python -m benchmarks study --data-home /work/shared/data        # ~12 min, 2 cores
     python -m benchmarks report
 
 The single-question scripts run the same way, each with its own options (``--help``):
@@ -164,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     _defaults_parser(sub)
 
+    study = sub.add_parser("study", help="the study's K-FAC: which of its choices matter "
+                                         "(MNIST autoencoder, 8 updates) and what 10 s buys")
+    _common(study, problem=False)
+    study.add_argument("--part", nargs="+", choices=("ablation", "budget"),
+                       default=["ablation", "budget"],
+                       help="ablation: count-based, may share the machine; budget: timed")
+    study.add_argument("--seeds", type=int, default=2, help="seeds per row (default 2)")
+
     report = sub.add_parser("report", help="gather the results into REPORT.md")
     report.add_argument("--out", type=Path, default=None,
                         help=f"results root (default {DEFAULT_OUT})")
@@ -175,7 +184,7 @@ def _defaults_parser(sub) -> None:
 
     defaults = sub.add_parser(
         "defaults", help="every solver at its defaults on the study's problems and a "
-                         "tabular suite, against scikit-learn (~50 min; resumable)")
+                         "tabular suite, against scikit-learn (~70 min; resumable)")
     defaults.add_argument("--data-home", default=None,
                           help="data folder (default: $SKKFAC_DATA, else ~/skkfac_data)")
     defaults.add_argument("--out", type=Path, default=None,
@@ -259,6 +268,13 @@ def main(argv=None) -> int:
             run_defaults(out, cells=args.cells, methods=args.methods, threads=args.threads,
                          seeds=args.seeds or (1 if quick else 3), data_home=args.data_home,
                          quick=quick, fresh=args.fresh, argv=argv)
+        return 0
+    if args.command == "study":
+        from benchmarks.study import run_study
+
+        for path in run_study(out / "study", parts=args.part, data_home=args.data_home,
+                              seeds=args.seeds, threads=threads or 2, argv=argv, progress=log):
+            log(f"wrote {path}")
         return 0
     if args.command == "report":
         from benchmarks.report import write_report

@@ -15,6 +15,9 @@ for the tabular sets, as many train/test splits):
   (``history.csv``); ``max_eval_jump`` is the largest relative rise of the held-out loss
   between consecutive evaluations made after the first 20 training seconds (0 when it
   never rose, inf when it became non-finite).
+* beside them, on the big cells, **the study's K-FAC** (method ``kfac_study``): its
+  update rule and its table's hyperparameters (:mod:`skkfac.study`; protein and
+  keggundirected get the CT-slice table, tuned on other data);
 * **tabular** cells (:mod:`benchmarks.tabular`): small sets fitted as a user would, no
   time limit, against scikit-learn's MLP and histogram gradient boosting.
 
@@ -35,7 +38,7 @@ date), ``verdict.json`` and ``scores.png``; a summary is printed at the end. Eac
 finished run is appended at once: running the command again skips the runs already in
 ``runs.csv``. A cell whose data files are missing is skipped with a note. ``--quick``
 (smoke runs): 2 s budgets, learning curves on 1,000 test rows, only the bundled tabular
-sets, one seed. The full run takes about 50 minutes on 2 idle cores (the estimate is
+sets, one seed. The full run takes about 70 minutes on 2 idle cores (the estimate is
 printed at the start).
 """
 
@@ -52,6 +55,7 @@ import numpy as np
 from benchmarks.defaults_report import machine_header, write_results
 from benchmarks.records import CsvLog, check_settings, log
 from benchmarks.solvers import registered_solvers
+from skkfac.study import STUDY_KFAC
 from benchmarks.tabular import (
     BUNDLED_ROWS,
     BUNDLED_SETS,
@@ -80,6 +84,10 @@ QUICK_BUDGET = 2.0
 #: 13 times would take ten times the 2 s budget.
 QUICK_EVAL_ROWS = 1000
 GROUPS = ("big", "tabular")
+#: The study's K-FAC (:func:`skkfac.study.study_parameters`: its update rule and its
+#: table's hyperparameters) beside the solvers at their defaults, on the big cells whose
+#: problem the study tuned (protein and keggundirected get the CT-slice table).
+STUDY_METHOD = "kfac_study"
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,12 @@ class Cell:
         return self.name in BUNDLED_SETS
 
     def methods(self) -> tuple[str, ...]:
-        return registered_solvers() if self.group == "big" else tabular_methods()
+        if self.group != "big":
+            return tabular_methods()
+        from benchmarks.problems import get_problem
+
+        study = (STUDY_METHOD,) if get_problem(self.problem).study else ()
+        return (*registered_solvers(), *study)
 
 
 BIG_CELLS = (Cell("mnist_ae", "big", "autoencoder", 60.0, "mnist_ae", eval_seconds=0.5),
@@ -122,7 +135,7 @@ CELLS = {cell.name: cell for cell in (*BIG_CELLS, *TABULAR_CELLS)}
 
 
 def all_methods() -> tuple[str, ...]:
-    return tabular_methods()
+    return (*tabular_methods(), STUDY_METHOD)
 
 
 def select_cells(names=None, *, quick: bool = False, budget: float | None = None
@@ -195,10 +208,15 @@ def curve_rows(n_test: int, eval_rows: int | None) -> np.ndarray:
 
 def fit_big(cell: Cell, problem, data, method: str, seed: int, threads: int, *,
             jump_after: float = JUMP_AFTER, eval_rows: int | None = None):
-    """Train ``method`` at its defaults for the cell's budget; ``(row values, history)``."""
-    estimator = problem.make_estimator(method, max_time=cell.budget, random_state=seed,
+    """Train ``method`` at its defaults (:data:`STUDY_METHOD`: the study's K-FAC) for the
+    cell's budget; ``(row values, history)``."""
+    solver, params = method, {}
+    if method == STUDY_METHOD:
+        tuned = {k: v for k, v in problem.study["kfac"].items() if k != "loss"}
+        solver, params = "kfac", {**STUDY_KFAC, **tuned}
+    estimator = problem.make_estimator(solver, max_time=cell.budget, random_state=seed,
                                        eval_interval=cell.budget / EVAL_POINTS,
-                                       n_threads=threads)
+                                       n_threads=threads, **params)
     rows = curve_rows(len(data.X_test), eval_rows)
     if data.y_full is None:
         seconds, warned = timed_fit(estimator, data.X_full, eval_set=data.X_test[rows])

@@ -4,12 +4,11 @@
 ``mnist_ae``, ``regression`` and ``cifar10``, for ``max_time`` = 10 s (the study's
 budget; it used 5 s for the regression):
 
-* K-FAC at the study's best hyperparameters (its Tables 1-3, kept in
-  :mod:`benchmarks.problems`) with the study's update rule: fixed learning rate, the
-  running-average momentum schedule, divide-by-max damping and no rejection test
-  (``adaptive_step=False, damping_scheme='max_norm', adapt_damping=False,
-  rejection_ratio=None``; with the test, this rule stalls:
-  ``benchmarks/results/gpu/run3/study_rule_diagnosis.txt``);
+* K-FAC at the study's best hyperparameters (its Tables 1-3) with the study's update
+  rule (:data:`skkfac.study.STUDY_KFAC`: fixed learning rate, divide-by-max
+  normalisation without damping, factors from the whole batch inverted at every
+  update, a running average of the normalised directions as momentum, no rejection
+  test);
 * K-FAC with the estimators' defaults at the study's batch size;
 * SGD-Nesterov at the study's best hyperparameters;
 * Adam with learning rate 1e-3 and batch 256 (scikit-learn's default rate), when the
@@ -41,13 +40,10 @@ from pathlib import Path
 from benchmarks.problems import get_problem
 from benchmarks.records import code_version, log
 from benchmarks.solvers import label, registered_solvers
+from skkfac.study import STUDY_KFAC
 
 #: The study's problems, in the order of its Tables 1-3.
 PROBLEMS = ("mnist_ae", "regression", "cifar10")
-#: K-FAC as the study ran it: fixed step, m_rate/m_max momentum, max-normalised damping,
-#: and no test that undoes a step after which the loss grew (only non-finite ones).
-STUDY_KFAC = {"adaptive_step": False, "damping_scheme": "max_norm", "adapt_damping": False,
-              "rejection_ratio": None}
 #: Adam: scikit-learn's default learning rate, a common batch size.
 ADAM = {"learning_rate_init": 1e-3, "batch_size": 256}
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from skkfac.study import STUDY_TABLES
+
 #: Parameters every benchmark estimator gets: time is the only stopping rule.
 BENCH_ESTIMATOR_DEFAULTS = dict(max_iter=10**9, n_iter_no_change=10**9, tol=0.0,
                                 early_stopping=False,
@@ -274,38 +276,27 @@ def _load_protein(data_home) -> Data:
 _LOADERS = {"mnist_ae": _load_mnist, "regression": _load_regression,
             "protein": _load_protein, "cifar10": _load_cifar10, "digits": _load_digits}
 
-_REGRESSION_STUDY = {
-    "sgd": {"loss": 0.0014, "learning_rate_init": 0.0064, "batch_size": 3523, "momentum": 0.99},
-    "kfac": {"loss": 0.00013, "learning_rate_init": 0.0392, "batch_size": 13869,
-             "momentum_rate": 1.1173, "momentum_max": 0.7309},
-    "table": "Table 2", "budget": "5 s on a GTX 980, 4 repeats, CT slices"}
+#: The study's tables (skkfac.study, the one source); protein stands in for its CT slices.
+_PROTEIN_STUDY = {**STUDY_TABLES["regression"],
+                  "budget": "5 s on a GTX 980, 4 repeats, CT slices (not protein)"}
 
 PROBLEMS = {
     "mnist_ae": Problem(
         "mnist_ae", "autoencoder", MNIST_ENCODER, "MNIST autoencoder",
         "test loss (per-pixel MSE)", n_val=10000,
-        study={"sgd": {"loss": 0.0182, "learning_rate_init": 1.2967, "batch_size": 470,
-                       "momentum": 0.6931},
-               "kfac": {"loss": 0.0113, "learning_rate_init": 0.1809, "batch_size": 9543,
-                        "momentum_rate": 0.5279, "momentum_max": 0.6066},
-               "table": "Table 1", "budget": "10 s on a GTX 980, 2 repeats"}),
+        study=STUDY_TABLES["mnist_ae"]),
     "regression": Problem(
         "regression", "regression", REGRESSION_HIDDEN, "Regression",
         "test loss (MSE)", n_val=0.1,
-        study=_REGRESSION_STUDY),
+        study=STUDY_TABLES["regression"]),
     "protein": Problem(
         "protein", "regression", REGRESSION_HIDDEN, "Regression (UCI protein)",
         "test loss (MSE)", n_val=0.1,
-        study={**_REGRESSION_STUDY, "budget": "5 s on a GTX 980, 4 repeats, CT slices "
-                                              "(not protein)"}),
+        study=_PROTEIN_STUDY),
     "cifar10": Problem(
         "cifar10", "classification", CIFAR10_HIDDEN, "CIFAR-10 classification",
         "test loss (cross-entropy)", n_val=5000,
-        study={"sgd": {"loss": 1.525, "learning_rate_init": 0.011, "batch_size": 721,
-                       "momentum": 0.971},
-               "kfac": {"loss": 1.5965, "learning_rate_init": 0.2731, "batch_size": 8111,
-                        "momentum_rate": 1.9215, "momentum_max": 0.349},
-               "table": "Table 3", "budget": "10 s on a GTX 980, 2 repeats"}),
+        study=STUDY_TABLES["cifar10"]),
     "digits": Problem(
         "digits", "autoencoder", DIGITS_ENCODER, "digits autoencoder (quick)",
         "test loss (per-pixel MSE)", n_val=0.2),

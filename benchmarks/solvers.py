@@ -10,12 +10,13 @@ This module imports no scikit-optimize, so the GPU check can use it.
 from __future__ import annotations
 
 #: Readable names of the known solvers (others show their registry name).
-LABELS = {"kfac": "K-FAC", "sgd": "SGD-Nesterov", "adam": "Adam"}
+LABELS = {"kfac": "K-FAC", "sgd": "SGD-Nesterov", "adam": "Adam",
+          "kfac_study": "K-FAC, the study's rule and table"}
 #: Matplotlib colour maps of the known solvers: one hue per solver, shades per config.
-COLORMAPS = {"kfac": "Reds", "sgd": "Blues", "adam": "Greens"}
+COLORMAPS = {"kfac": "Reds", "sgd": "Blues", "adam": "Greens", "kfac_study": "Purples"}
 #: Solvers that use curvature; every other registered solver counts as first-order
 #: (time to target is measured against the best first-order solver, as in AlgoPerf).
-CURVATURE_SOLVERS = ("kfac", "ekfac")
+CURVATURE_SOLVERS = ("kfac", "ekfac", "kfac_study")
 
 
 def registered_solvers() -> tuple[str, ...]:

@@ -9,6 +9,11 @@ any CPU up to the last bits of the reductions (hence ``rtol=1e-10``, not ``torch
 ``tests/data/kfac_state_before_split.pt`` holds ``state_dict`` files written by that
 optimizer after 3 updates of some cases: loaded now, they must finish the same run.
 
+One intended change since (issue 24): fixed-step updates (``adaptive_step=False``) fold
+the batch's statistics in *before* refreshing the inverses, as the study did, so the
+references of ``fixed_step_low_rank`` and ``max_norm_study`` were regenerated and the
+``max_norm_study`` checkpoint is only required to load and train on.
+
 Regenerate (only for an intended change of behaviour; the checkpoints with the version
 whose files must keep loading)::
 
@@ -70,6 +75,10 @@ CASES = {
                    dict(adaptive_step=False, lr=3.0, damping=1e-3, momentum=0.5), (64,)),
     "torch_func_jvp": ((8, (6,), 2), "squared_error", dict(damping_adapt_interval=1),
                        (48,)),
+    "study_rule": ((10, (24,), 4), "squared_error",
+                   dict(damping_scheme="max_norm", adaptive_step=False, adapt_damping=False,
+                        damping=0.0, lr=0.2, inv_update_freq=1, curvature_batch_size=None,
+                        momentum_type="average", rejection_ratio=None), (64, 64)),
 }
 
 
@@ -160,7 +169,22 @@ def test_the_cases_cover_rejections_and_the_low_rank_route(reference):
         assert low_rank_work < n_out * n_a * (n_out + n_a)  # the route is taken
 
 
-@pytest.mark.parametrize("name", CHECKPOINTED)
+#: Checkpointed cases whose updates have not changed since the checkpoints were written.
+UNCHANGED_SINCE_CHECKPOINTS = ("autoencoder", "ekfac")
+
+
+def test_state_dict_saved_before_momentum_type_loads_and_trains():
+    saved = torch.load(CHECKPOINTS)["max_norm_study"]
+    assert "momentum_type" not in saved["optimizer"]["param_groups"][0]
+    model, opt = make("max_norm_study")
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    assert opt.hyper["momentum_type"] == "heavy_ball"
+    train(opt, list(batches("max_norm_study"))[N_CHECKPOINTED:])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", UNCHANGED_SINCE_CHECKPOINTS)
 def test_state_dicts_saved_before_the_split_resume_the_pinned_run(name, reference):
     saved = torch.load(CHECKPOINTS)[name]
     model, opt = make(name)

@@ -11,10 +11,7 @@ Usable in two ways:
           opt.step()
 
 ``accumulate`` may be called on several micro-batches before one ``step`` (the study's
-artificial batch size): statistics and gradients are summed, so the update equals the
-one computed on the concatenated batch.
-
-This module orchestrates an update (damping, step, acceptance, momentum, state); the
+artificial batch size): the update equals the one of the concatenated batch. This module orchestrates an update (damping, step, acceptance, momentum, state); the
 Kronecker factors are :class:`~skkfac.curvature.estimator.CurvatureEstimator`'s and the
 exact quadratic model :class:`~skkfac.curvature.quadratic.GaussNewtonModel`'s.
 """
@@ -122,7 +119,8 @@ class KFAC(Solver, torch.optim.Optimizer):
     def __init__(self, model, loss="squared_error", *, lr=1.0, damping=0.1,
                  damping_scheme="tikhonov", adapt_damping=True, damping_adapt_interval=5,
                  min_damping=1e-2, adaptive_step=True, kl_clip=None, stat_decay="linear",
-                 momentum_rate=1.0, momentum_max=0.6, momentum=None, inv_update_freq=10,
+                 momentum_rate=1.0, momentum_max=0.6, momentum=None,
+                 momentum_type="heavy_ball", inv_update_freq=10,
                  fisher="sampled", curvature_batch_size=128, precondition_precision="auto",
                  rejection_ratio=2.0, alpha=0.0, random_state=None, process_group=None,
                  distribute_inverses=True):
@@ -141,7 +139,8 @@ class KFAC(Solver, torch.optim.Optimizer):
                         min_damping=min_damping, adaptive_step=adaptive_step,
                         kl_clip=kl_clip, stat_decay=stat_decay,
                         momentum_rate=momentum_rate, momentum_max=momentum_max,
-                        momentum=momentum, inv_update_freq=inv_update_freq, fisher=fisher,
+                        momentum=momentum, momentum_type=momentum_type,
+                        inv_update_freq=inv_update_freq, fisher=fisher,
                         curvature_batch_size=curvature_batch_size,
                         precondition_precision=precondition_precision,
                         rejection_ratio=rejection_ratio)
@@ -285,6 +284,7 @@ class KFAC(Solver, torch.optim.Optimizer):
     def __setstate__(self, state):
         if "curvature" not in state:  # torch.optim's load_state_dict: state, param_groups
             torch.optim.Optimizer.__setstate__(self, state)
+            self.hyper.setdefault("momentum_type", "heavy_ball")  # saved before it existed
             return
         self.__dict__.update(state)
         self.device = self.params[0].device
@@ -405,13 +405,12 @@ class KFAC(Solver, torch.optim.Optimizer):
                            hyper["momentum_max"])
         with self.timer.phase("update"):
             gradients = self._layer_gradients()
-        # Inverses are refreshed from the factors *before* this batch's statistics are
-        # folded in (the first update has nothing else). A direction preconditioned by
-        # the curvature of the very rows that the quadratic model then measures avoids
-        # their high-curvature directions: the model sees too little curvature along it
-        # and picks a step too long for every other batch (CIFAR-10 at defaults: the
-        # step size jumped 10-40x exactly at the refreshes; docs/user_guide/damping.rst).
-        fold_in_first = k == 1
+        # The adaptive step refreshes the inverses *before* folding in this batch's
+        # statistics: a direction built from the curvature of the rows the quadratic
+        # model then measures dodges their high curvature and the step comes out too long
+        # (CIFAR-10: 10-40x jumps at refreshes). A fixed step wants the freshest
+        # curvature: inverted a batch late, the study's rule diverged (damping.rst).
+        fold_in_first = k == 1 or not hyper["adaptive_step"]
         if fold_in_first:
             with self.timer.phase("statistics"):
                 curvature.update_factors(decay, self._layer_states())
@@ -552,11 +551,12 @@ class KFAC(Solver, torch.optim.Optimizer):
         return state[key]
 
     def _momentum_steps(self, directions, momentum):
-        """``buffer = momentum · buffer + direction``; step ``lr · buffer`` (heavy ball)."""
+        """Step ``lr · v``, ``v ← μv + Δ`` (heavy ball) or ``μv + (1 − μ)Δ`` (average)."""
+        weight = 1.0 - momentum if self.hyper["momentum_type"] == "average" else 1.0
         steps = []
         for index, direction in enumerate(directions):
             buffer = self._layer_state(index, "momentum_buffer")
-            buffer.mul_(momentum).add_(direction)
+            buffer.mul_(momentum).add_(direction, alpha=weight)
             steps.append(buffer * self.hyper["lr"])
         return steps
 

@@ -94,6 +94,15 @@ HYPERPARAMETERS = (
         solver_doc="``m_max`` of the ``'linear'`` schedule; it also caps the "
         "``'martens'`` schedule."),
     Hyperparameter(
+        "momentum_type", "heavy_ball", [StrOptions({"heavy_ball", "average"})],
+        "Momentum of K-FAC's fixed-step updates (``adaptive_step=False``): "
+        "``'heavy_ball'`` ``v ← αv + Δ``, or the study's running average "
+        "``v ← αv + (1 − α)Δ`` of the directions (:mod:`skkfac.study`).",
+        solver_doc="With ``adaptive_step=False``, the step is ``lr · v`` with "
+        "``'heavy_ball'``: ``v ← μ v + Δ``; ``'average'``: ``v ← μ v + (1 − μ) Δ``, the "
+        "study's running average of the directions, which never exceeds the largest "
+        "direction (with ``'max_norm'``, ``lr`` per coordinate)."),
+    Hyperparameter(
         "inv_update_freq", 10, [Interval(Integral, 1, None, closed="left")],
         "Recompute K-FAC's inverses every this many updates.",
         solver_doc="Refresh the inverses every this many updates (and after a damping "
