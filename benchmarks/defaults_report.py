@@ -245,7 +245,8 @@ def plot_curves(path, history: pd.DataFrame, cells: list[str]) -> Path | None:
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("held-out loss (median over seeds)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Every solver at its defaults: held-out loss during training", fontsize=11)
+    fig.suptitle("Every solver at its defaults (and the study's K-FAC where it ran): held-out "
+                 "loss during training", fontsize=11)
     return save_figure(fig, Path(path))
 
 

@@ -67,7 +67,7 @@ def _without_biases(model) -> None:
 
 
 def ablation_losses(X, X_test, arguments: dict | None, biases: bool, seed: int,
-                    batch_size: int, updates: int = UPDATES):
+                    batch_size: int, updates: int = UPDATES, encoder=None):
     """Test MSE after each of ``updates`` K-FAC updates on random batches
     (``arguments=None``: KFAC's defaults)."""
     import torch
@@ -77,7 +77,8 @@ def ablation_losses(X, X_test, arguments: dict | None, biases: bool, seed: int,
     from benchmarks.problems import MNIST_ENCODER
 
     generator = torch.Generator().manual_seed(seed)
-    hidden = MNIST_ENCODER + MNIST_ENCODER[-2::-1]
+    encoder = tuple(encoder or MNIST_ENCODER)
+    hidden = encoder + encoder[-2::-1]
     model = build_mlp(X.shape[1], hidden, X.shape[1], generator=generator)
     if not biases:
         _without_biases(model)
@@ -92,7 +93,10 @@ def ablation_losses(X, X_test, arguments: dict | None, biases: bool, seed: int,
     return losses
 
 
-def run_ablation(data_home=None, seeds: int = 2, progress=print) -> list[str]:
+def run_ablation(data_home=None, seeds: int = 2, progress=print, *, encoder=None,
+                 batch_size=None) -> list[str]:
+    """The ablation's lines; ``encoder`` and ``batch_size`` override the study's
+    autoencoder and batch (for tests)."""
     import torch
 
     from benchmarks.problems import get_problem
@@ -102,9 +106,10 @@ def run_ablation(data_home=None, seeds: int = 2, progress=print) -> list[str]:
     X = torch.as_tensor(np.asarray(data.X_full, dtype=np.float32))
     X_test = torch.as_tensor(np.asarray(data.X_test, dtype=np.float32))
     study = study_parameters(PROBLEM)
+    batch_size = batch_size or study["batch_size"]
     base = _kfac_arguments(study)
     lines = [f"# MNIST autoencoder {data.X_full.shape[0]} training / {len(X_test)} test "
-             f"images, batch {study['batch_size']}, lr {study['learning_rate_init']}, "
+             f"images, batch {batch_size}, lr {study['learning_rate_init']}, "
              f"m_rate {study['momentum_rate']}, m_max {study['momentum_max']}; test MSE "
              f"after updates 1..{UPDATES} (seed 0), and per seed after {UPDATES}; the "
              f"study's own K-FAC reached 0.0113 in 10 s on a GTX 980 (Table 1)."]
@@ -112,7 +117,8 @@ def run_ablation(data_home=None, seeds: int = 2, progress=print) -> list[str]:
         arguments = None if change is None else {**base, **change}
         finals, curve = [], None
         for seed in range(seeds):
-            losses = ablation_losses(X, X_test, arguments, biases, seed, study["batch_size"])
+            losses = ablation_losses(X, X_test, arguments, biases, seed, batch_size,
+                                     encoder=encoder)
             finals.append(losses[-1])
             curve = curve or losses
         verdict = "meets" if statistics.median(finals) <= TARGET else "misses"
@@ -124,20 +130,27 @@ def run_ablation(data_home=None, seeds: int = 2, progress=print) -> list[str]:
     return lines
 
 
-def run_budget(data_home=None, seeds: int = 2, threads: int = 2, progress=print
-               ) -> list[str]:
+def run_budget(data_home=None, seeds: int = 2, threads: int = 2, progress=print, *,
+               seconds: float = BUDGET_SECONDS, layers=None) -> list[str]:
+    """The budget part's lines; ``seconds`` and ``layers`` (problem -> hidden layers)
+    override the budget and the networks (for tests)."""
+    from dataclasses import replace
+
     from benchmarks.problems import BENCH_ESTIMATOR_DEFAULTS, get_problem
     from skkfac.study import STUDY_TABLES, study_parameters
 
     lines = [f"# the study's K-FAC (its configuration and Table 1/3 settings) trained by "
-             f"the estimators for max_time={BUDGET_SECONDS:g} s, {threads} torch threads"]
+             f"the estimators for max_time={seconds:g} s, {threads} torch threads"]
     for name in BUDGET_PROBLEMS:
         problem = get_problem(name)
+        if layers and name in layers:
+            problem = replace(problem, layers=tuple(layers[name]))
         data = problem.load(data_home)
         for seed in range(seeds):
-            estimator = problem.make_estimator(
-                "kfac", **{**BENCH_ESTIMATOR_DEFAULTS, **study_parameters(name)},
-                max_time=BUDGET_SECONDS, random_state=seed, n_threads=threads)
+            params = {**BENCH_ESTIMATOR_DEFAULTS, **study_parameters(name)}
+            estimator = problem.make_estimator(params.pop("solver"), **params,
+                                               max_time=seconds, random_state=seed,
+                                               n_threads=threads)
             if data.y_full is None:
                 estimator.fit(data.X_full)
             else:
@@ -156,8 +169,11 @@ def run_budget(data_home=None, seeds: int = 2, threads: int = 2, progress=print
 
 
 def run_study(out, *, parts=("ablation", "budget"), data_home=None, seeds: int = 2,
-              threads: int = 2, argv=None, progress=print) -> list[Path]:
-    """Run the chosen parts and write one text file each under ``out``."""
+              threads: int = 2, argv=None, progress=print, **overrides) -> list[Path]:
+    """Run the chosen parts and write one text file each under ``out``.
+
+    ``overrides`` go to :func:`run_ablation` (``encoder``, ``batch_size``) and
+    :func:`run_budget` (``seconds``, ``layers``), for tests."""
     from benchmarks.defaults_report import machine_header
 
     out = Path(out)
@@ -166,9 +182,13 @@ def run_study(out, *, parts=("ablation", "budget"), data_home=None, seeds: int =
     for part in parts:
         load = os.getloadavg()
         if part == "ablation":
-            lines = run_ablation(data_home, seeds, progress)
+            lines = run_ablation(data_home, seeds, progress,
+                                 **{k: v for k, v in overrides.items()
+                                    if k in ("encoder", "batch_size")})
         else:
-            lines = run_budget(data_home, seeds, threads, progress)
+            lines = run_budget(data_home, seeds, threads, progress,
+                               **{k: v for k, v in overrides.items()
+                                  if k in ("seconds", "layers")})
         path = out / f"{part}.txt"
         header = machine_header(argv, threads, load)
         path.write_text("".join(f"# {key}: {value}\n" for key, value in header.items())

@@ -548,3 +548,23 @@ def test_quick_path_end_to_end(tmp_path, capsys):
     # The report sub-command through the command line.
     assert main(["report", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "REPORT.md").is_file()
+
+
+def test_study_benchmark_with_fixture_data(tmp_path):
+    """``python -m benchmarks study`` end to end on tiny data and networks: every
+    ablation row and every budget run is written, with the machine header."""
+    from benchmarks.study import BUDGET_PROBLEMS, VARIANTS, run_study
+
+    home = _write_fixture_data(tmp_path / "data")
+    ablation, budget = run_study(
+        tmp_path / "study", data_home=home, seeds=1, threads=1, progress=lambda m: None,
+        encoder=(8, 4), batch_size=32, seconds=0.05,
+        layers={"mnist_ae": (8, 4), "cifar10": (4,)})
+    text = ablation.read_text()
+    assert "# cpu:" in text and "# load_start:" in text
+    for label, _, _ in VARIANTS:
+        assert label in text
+    assert text.count("after 8:") == len(VARIANTS)
+    text = budget.read_text()
+    for name in BUDGET_PROBLEMS:
+        assert f"{name} seed 0:" in text and " updates in " in text
