@@ -92,15 +92,18 @@ class Communicator:
                 t.copy_(flat[offset:offset + t.numel()].view_as(t))
                 offset += t.numel()
 
-    def global_sum(self, total: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
-        """``(Σ total, Σ count)`` over the ranks, from each rank's 0-d sum and its count."""
+    def global_sum(self, total: torch.Tensor, count: int | float
+                   ) -> tuple[torch.Tensor, int | float]:
+        """``(Σ total, Σ count)`` over the ranks, from each rank's 0-d sum and its count
+        (a float count, a total of sample weights, stays a float)."""
         if not self.active:
             return total, count
         packed = torch.stack([total.detach().double().reshape(()),
                               torch.tensor(float(count), dtype=torch.float64,
                                            device=total.device)])
         dist.all_reduce(packed, group=self.group)
-        return packed[0].to(total.dtype), round(packed[1].item())
+        summed = packed[1].item()
+        return packed[0].to(total.dtype), summed if isinstance(count, float) else round(summed)
 
     def sum(self, value: float) -> float:
         """The sum of a Python number over the ranks (e.g. an example count)."""
@@ -304,6 +307,8 @@ def _fit_rank(rank, world_size, init_file, backend, estimator, X, y, fit_params,
             torch.cuda.set_device(rank % torch.cuda.device_count())
             estimator.set_params(device=f"cuda:{torch.cuda.current_device()}")
         rows = shard_indices(X.shape[0], rank, world_size)
+        if fit_params.get("sample_weight") is not None:
+            fit_params = {**fit_params, "sample_weight": fit_params["sample_weight"][rows]}
         estimator.fit(_rows(X, rows), None if y is None else _rows(y, rows), **fit_params)
         if rank == 0:
             with open(result_path, "wb") as handle:
@@ -355,7 +360,8 @@ def fit_data_parallel(estimator, X, y=None, *, n_processes: int = 2, backend=Non
     threads_per_process : int, default=1
         ``torch.set_num_threads`` of each rank.
     **fit_params
-        Passed to each rank's ``fit`` (e.g. ``eval_set``).
+        Passed to each rank's ``fit`` (e.g. ``eval_set``); a ``sample_weight`` is
+        sharded with the rows, after the rows of weight 0 are left out.
 
     Returns
     -------
@@ -364,6 +370,7 @@ def fit_data_parallel(estimator, X, y=None, *, n_processes: int = 2, backend=Non
     """
     import torch.multiprocessing as mp
     from sklearn.base import clone, is_classifier
+    from sklearn.utils.validation import _check_sample_weight
 
     if getattr(estimator, "solver", None) != "kfac":
         raise ValueError("fit_data_parallel trains solver='kfac' only.")
@@ -373,6 +380,15 @@ def fit_data_parallel(estimator, X, y=None, *, n_processes: int = 2, backend=Non
     if int(n_processes) < 1:
         raise ValueError(f"n_processes must be >= 1, got {n_processes}.")
     X = np.asarray(X)
+    if fit_params.get("sample_weight") is not None:
+        # Rows of weight 0 are left out before sharding (as a single-process fit leaves
+        # them out): every rank keeps the same number of rows.
+        weight = _check_sample_weight(fit_params["sample_weight"], X, dtype=np.float64,
+                                      ensure_non_negative=True)
+        kept = weight > 0
+        X, weight = X[kept], weight[kept]
+        y = None if y is None else np.asarray(y)[kept]
+        fit_params = {**fit_params, "sample_weight": weight}
     if X.shape[0] < 2 * n_processes:
         raise ValueError(f"{X.shape[0]} rows are too few for {n_processes} processes.")
     if is_classifier(estimator):

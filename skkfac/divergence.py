@@ -72,15 +72,24 @@ class DivergenceMonitor:
         return True
 
 
-def constant_prediction_loss(y: torch.Tensor, *, classification: bool) -> float:
-    """Mean loss of the best constant prediction of ``y`` (the reference scale).
+def constant_prediction_loss(y: torch.Tensor, *, classification: bool,
+                             weight: torch.Tensor | None = None) -> float:
+    """Mean loss of the best constant prediction of ``y`` (the reference scale), with the
+    rows weighted by ``weight`` when given.
 
     Squared error (``mean_j (z_j - y_j)**2``): the mean over outputs of the variance of
     each column. Cross-entropy: the entropy of the class frequencies.
     """
+    if weight is not None:
+        weight = weight.to(torch.float64)
     if classification:
-        frequencies = torch.bincount(y.reshape(-1)).to(torch.float64) / y.numel()
+        counts = torch.bincount(y.reshape(-1), weights=weight).to(torch.float64)
+        frequencies = counts / (y.numel() if weight is None else weight.sum())
         frequencies = frequencies[frequencies > 0]
         return float(-(frequencies * frequencies.log()).sum())
     y = y.to(torch.float64).reshape(y.shape[0], -1)
-    return float(y.var(dim=0, unbiased=False).mean())
+    if weight is None:
+        return float(y.var(dim=0, unbiased=False).mean())
+    weight = weight[:, None] / weight.sum()
+    mean = (weight * y).sum(dim=0)
+    return float((weight * (y - mean).square()).sum(dim=0).mean())

@@ -1,17 +1,18 @@
 """The training loop shared by every estimator and solver.
 
 Responsibilities: shuffling with the estimator's random state, mini-batches held as
-tensor slices on the device, artificial batches (several micro-batches per update),
-the epoch / wall-clock budgets, the evaluation schedule for learning curves, sklearn's
-convergence and early-stopping rules, and rejections: the trainer alone counts and
-records them, from the solvers' :class:`~skkfac.solvers.spec.StepReport` and from a
-non-finite loss after an update (which it undoes, so that NaN weights are never left
-behind); a loss that blows up stops training with the best weights seen (see
-:mod:`skkfac.divergence`).
+tensor slices on the device (with their sample weights, when there are any), artificial
+batches (several micro-batches per update), the epoch / wall-clock budgets, the
+evaluation schedule for learning curves, sklearn's convergence and early-stopping
+rules, and rejections: the trainer alone counts and records them, from the solvers'
+:class:`~skkfac.solvers.spec.StepReport` and from a non-finite loss after an update
+(which it undoes, so that NaN weights are never left behind); a loss that blows up stops
+training with the best weights seen (see :mod:`skkfac.divergence`).
 
 Host reads are kept to one per update on a GPU: the batch's loss is read together with
 the previous step's report (:meth:`StepReport.fetch`); a report is otherwise only read
-when a history row is written.
+when a history row is written. Sample weights add one read per micro-batch (the
+solver's sums of the weights).
 
 Training time is measured with the clock paused while evaluating, as in the study;
 ``deadline`` bounds the wall-clock time of the whole call, evaluations included.
@@ -152,11 +153,13 @@ class Trainer:
     def run(self, solver: Solver, X: torch.Tensor, y: torch.Tensor,
             progress: TrainingProgress, *, rng: np.random.RandomState,
             max_epochs: int | None = None, incremental: bool = False,
-            ) -> TrainingProgress:
+            sample_weight: torch.Tensor | None = None) -> TrainingProgress:
         """Train for at most ``max_epochs`` epochs (default: the config's).
 
         ``incremental=True`` (``partial_fit``) skips sklearn's stopping rules and keeps
         an artificial batch that is not complete yet for the next call.
+        ``sample_weight`` (one per row of ``X``, or ``None``) follows the rows through
+        the shuffles and mini-batches; the batch and epoch losses are then weighted means.
         """
         config = self.config
         _check_data_parallel(solver)
@@ -164,6 +167,10 @@ class Trainer:
         self._progress = progress
         self._event_fields = dict(max_epochs=epochs, n_samples=X.shape[0],
                                   incremental=incremental)
+        self._sample_weight = sample_weight
+        # What the epoch's mean divides by: its rows, or their total weight.
+        self._epoch_count = (X.shape[0] if sample_weight is None
+                             else float(sample_weight.sum(dtype=torch.float64)))
         clock = TrainingClock(X.device, progress.train_time)
         self._window_loss, self._window_count = 0.0, 0
         self._best_weights = None
@@ -214,9 +221,11 @@ class Trainer:
     def _run_epoch(self, solver, X, y, progress, clock, rng):
         config = self.config
         n = X.shape[0]
+        weight = self._sample_weight
         if config.shuffle:
             order = torch.from_numpy(rng.permutation(n)).to(X.device)
             X, y = X[order], y[order]
+            weight = None if weight is None else weight[order]
         # The epoch's loss sums the losses of this epoch's own samples, micro-batch by
         # micro-batch, on the device: an update's batch may straddle two epochs (a
         # partial batch is carried over), and counting whole updates made every epoch
@@ -229,8 +238,12 @@ class Trainer:
         for start in range(0, n, config.batch_size):
             X_batch = X[start:start + config.batch_size]
             y_batch = y[start:start + config.batch_size]
+            # Without weights, the solver is called as before: a solver written without
+            # sample_weight still trains.
+            weighted = {} if weight is None else {
+                "sample_weight": weight[start:start + config.batch_size]}
             with clock:
-                micro_batch_loss = solver.accumulate(X_batch, y_batch)
+                micro_batch_loss = solver.accumulate(X_batch, y_batch, **weighted)
                 pending_loss += micro_batch_loss
                 epoch_sum += micro_batch_loss
                 progress.samples_seen += X_batch.shape[0]
@@ -241,7 +254,7 @@ class Trainer:
                     if not self._update(solver, progress, batch_loss):
                         progress.train_time = clock.elapsed
                         return None
-                    self._last_batch = (X_batch, y_batch)
+                    self._last_batch = (X_batch, y_batch, weighted.get("sample_weight"))
                     self._window_loss += batch_loss * count
                     self._window_count += count
                     updated = True
@@ -258,7 +271,7 @@ class Trainer:
             if self._past_deadline(solver):
                 progress.stop_reason = "max_wall_time"
                 return None
-        total, count = _batch_sum(solver, epoch_sum, n)
+        total, count = _batch_sum(solver, epoch_sum, self._epoch_count)
         return float(total) / count
 
     def _update(self, solver: Solver, progress: TrainingProgress, batch_loss: float) -> bool:
@@ -347,9 +360,11 @@ class Trainer:
         """No mini-batch follows the last update to judge it: check it on its own batch."""
         if self._last_batch is None or progress.stop_reason == "diverged":
             return
-        X, y = self._last_batch
+        X, y, weight = self._last_batch
         with torch.no_grad():
-            loss = float(solver.loss.per_example(solver.model(X), y).mean())
+            losses = solver.loss.per_example(solver.model(X), y)
+            loss = float(losses.mean() if weight is None
+                         else (losses * weight).sum() / weight.sum())
         reference = math.inf if self._monitor is None else self._monitor.reference_loss
         if not math.isfinite(loss) or loss > BLOW_UP_FACTOR * reference:
             self._give_up(solver, progress, f"the loss after the last update is {loss:.4g}")
@@ -488,11 +503,11 @@ def _active_communicator(solver):
     return communicator if communicator is not None and communicator.active else None
 
 
-def _batch_sum(solver, loss_sum: torch.Tensor, count: int | None = None
-               ) -> tuple[torch.Tensor, int]:
-    """Summed loss and number of samples behind it (default: the update's batch), over
-    all ranks of a data-parallel solver."""
-    count = solver.n_accumulated if count is None else count
+def _batch_sum(solver, loss_sum: torch.Tensor, count: int | float | None = None
+               ) -> tuple[torch.Tensor, int | float]:
+    """Summed loss and number of samples (or their total weight) behind it (default:
+    the update's batch), over all ranks of a data-parallel solver."""
+    count = solver.weight_accumulated if count is None else count
     communicator = _active_communicator(solver)
     if communicator is None:
         return loss_sum, count

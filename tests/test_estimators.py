@@ -32,7 +32,19 @@ def small_estimators():
         yield KFACAutoencoder(encoder_layer_sizes=(6, 3), **params)
 
 
-@parametrize_with_checks(list(small_estimators()))
+def expected_failed_checks(estimator):
+    """The sklearn checks that cannot hold for an estimator, with the reason."""
+    if estimator.solver == "kfac" and estimator.fisher == "sampled":
+        # tests/test_sample_weight.py checks the equivalence with fisher='exact'.
+        return {"check_sample_weight_equivalence_on_dense_data": (
+            "K-FAC's sampled Fisher draws one target per row: a row of weight w draws "
+            "one, its w repeats draw w (the same curvature in expectation, not draw for "
+            "draw); with fisher='exact' or 'empirical' the equivalence holds.")}
+    return {}
+
+
+@parametrize_with_checks(list(small_estimators()),
+                         expected_failed_checks=expected_failed_checks, xfail_strict=True)
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

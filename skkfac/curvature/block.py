@@ -50,18 +50,19 @@ class KroneckerBlock:
         self.inverse = None
         self._sums_dirty = False  # whether the sums hold anything to zero
 
-    def add_inputs(self, a: torch.Tensor) -> None:
+    def add_inputs(self, a: torch.Tensor, weight: torch.Tensor | None = None) -> None:
         """Add ``Σ ā āᵀ`` over the rows of ``a`` (``ā = [a, 1]`` with a bias) without
-        concatenating."""
+        concatenating; ``Σ wᵢ āᵢ āᵢᵀ`` with a ``weight`` per row."""
         a = a.to(self.A_sum.dtype)
         d = a.shape[1]
         self._sums_dirty = True
-        self.A_sum[:d, :d].addmm_(a.T, a)
+        weighted = a if weight is None else a * weight.to(a.dtype)[:, None]
+        self.A_sum[:d, :d].addmm_(weighted.T, a)
         if self.bias:
-            column = a.sum(dim=0)
+            column = weighted.sum(dim=0)
             self.A_sum[:d, d] += column
             self.A_sum[d, :d] += column
-            self.A_sum[d, d] += a.shape[0]
+            self.A_sum[d, d] += a.shape[0] if weight is None else weight.to(a.dtype).sum()
 
     def add_output_gradients(self, g: torch.Tensor) -> None:
         """Add ``Σ g gᵀ`` over the rows of ``g`` (per-example pre-activation gradients)."""

@@ -160,21 +160,36 @@ class EKFACStatistics:
 
     def __init__(self):
         self.rows: list[tuple[list[torch.Tensor], list[list[torch.Tensor]]]] = []
+        #: Each kept micro-batch's number of rows, or total weight.
+        self.counts: list[int | float] = []
         #: The inverses whose scaling holds the running average (``None``: none yet).
         self.current: list[EigenvalueCorrectedTikhonov] | None = None
 
-    def add(self, inputs: list[torch.Tensor], gradient_passes: list[list[torch.Tensor]]):
-        """Keep one micro-batch: per layer its inputs ``a``; per backward pass and layer ``g``."""
+    def add(self, inputs: list[torch.Tensor], gradient_passes: list[list[torch.Tensor]],
+            count: int | float | None = None):
+        """Keep one micro-batch: per layer its inputs ``a``; per backward pass and layer ``g``.
+
+        ``count`` is what the rows count for in the mean (default: their number); weighted
+        rows pass their total weight, with each ``g`` scaled by the square root of its
+        row's weight."""
         self.rows.append(([a.detach() for a in inputs],
                           [[g.detach() for g in gradients] for gradients in gradient_passes]))
+        self.counts.append(inputs[0].shape[0] if count is None else count)
 
     def clear(self) -> None:
         self.rows = []
+        self.counts = []
+
+    def __setstate__(self, state):
+        # Pickled before the counts were kept: the rows were unweighted.
+        state.setdefault("counts", [inputs[0].shape[0] for inputs, _ in state["rows"]])
+        self.__dict__.update(state)
 
     @torch.no_grad()
     def update(self, inverses: list[EigenvalueCorrectedTikhonov], decay: float,
                all_reduce: Callable[[list[torch.Tensor]], None] = _local,
-               reduce_count: Callable[[int], int] = int) -> None:
+               reduce_count: Callable[[int | float], int | float] = lambda count: count,
+               ) -> None:
         """Fold the kept rows into each inverse's scaling; forget the rows.
 
         ``all_reduce`` and ``reduce_count`` are the solver's data-parallel seams: they sum
@@ -187,7 +202,7 @@ class EKFACStatistics:
                 inverse.scaling.copy_(torch.where(
                     old.estimated, old.scaling_in_basis_of(inverse), inverse.scaling))
                 inverse.estimated.copy_(old.estimated)
-        n_examples = reduce_count(sum(inputs[0].shape[0] for inputs, _ in self.rows))
+        n_examples = reduce_count(sum(self.counts))
         if n_examples:
             sums = [torch.zeros_like(inverse.scaling) for inverse in inverses]
             for inputs, passes in self.rows:

@@ -91,6 +91,9 @@ class CurvatureEstimator:
         """Forget the statistics and rows accumulated for the next update."""
         #: Rows of the update so far that the statistics were computed on.
         self.n_examples = 0
+        #: Their total sample weight, the divisor of the factors' means: an ``int``,
+        #: ``n_examples``, until weighted rows make it a float.
+        self.weight_total = 0
         self.rows: list[CurvatureRows] = []
         self.gradient_rows = self._empty_gradient_rows()
         for block in self.blocks:
@@ -107,6 +110,7 @@ class CurvatureEstimator:
 
     def __setstate__(self, state):
         rng_state = state.pop("generator")
+        state.setdefault("weight_total", state["n_examples"])  # pickled before weights
         self.__dict__.update(state)
         self.set_generator_state(rng_state)
 
@@ -171,21 +175,35 @@ class CurvatureEstimator:
             for handle in handles:
                 handle.remove()
 
-    def add_statistics(self, X, y, output, inputs, outputs) -> None:
+    def add_statistics(self, X, y, output, inputs, outputs, sample_weight=None,
+                       weight_total=None) -> None:
         """Add the rows' ``a`` and ``g`` to every block (same examples for both) and keep
         the rows for the quadratic model. ``inputs`` and ``outputs`` are what
-        :meth:`capture` recorded of the forward pass ``output = model(X)``."""
+        :meth:`capture` recorded of the forward pass ``output = model(X)``.
+
+        With ``sample_weight`` (one weight per row, summing to ``weight_total``) the
+        statistics are weighted: ``Σ wᵢ āᵢāᵢᵀ`` and ``Σ wᵢ gᵢgᵢᵀ``, the latter (and EKFAC's
+        rows) through ``g`` scaled by ``√wᵢ``; the factors then divide by ``Σ wᵢ``.
+        """
+        if sample_weight is not None and weight_total is None:
+            weight_total = float(sample_weight.sum(dtype=torch.float64))
         with full_precision(self.device):
             gradient_passes = self._output_gradients(output, y, outputs)
+            if sample_weight is not None:
+                root = sample_weight.to(self.factor_dtype).sqrt()[:, None]
+                gradient_passes = [[g.detach().to(self.factor_dtype) * root
+                                    for g in gradients] for gradients in gradient_passes]
             for gradients in gradient_passes:
                 for block, g in zip(self.blocks, gradients):
                     block.add_output_gradients(g.detach())
             if self.ekfac is not None:
-                self.ekfac.add(inputs, gradient_passes)
+                self.ekfac.add(inputs, gradient_passes, weight_total)
             for block, a in zip(self.blocks, inputs):
-                block.add_inputs(a)
-        self.n_examples += output.shape[0]
-        self.rows.append(CurvatureRows(X, y, list(inputs), output.detach()))
+                block.add_inputs(a, sample_weight)
+        n_rows = output.shape[0]
+        self.n_examples += n_rows
+        self.weight_total += n_rows if sample_weight is None else weight_total
+        self.rows.append(CurvatureRows(X, y, list(inputs), output.detach(), sample_weight))
 
     def _output_gradients(self, output, target, outputs) -> list[list[torch.Tensor]]:
         """Per-example gradients of the loss w.r.t. every layer's output, per 'fisher'.
@@ -206,6 +224,13 @@ class CurvatureEstimator:
     def batch(self) -> CurvatureRows:
         """The examples the curvature statistics of this update came from."""
         return concatenate_rows(self.rows)
+
+    def rows_without_weight(self) -> bool:
+        """Whether this update's curvature rows all have weight 0 (checked in a single
+        process: data-parallel, another rank's rows may carry the weight); their factors
+        and quadratic model would be means over no weight."""
+        return bool(self.n_examples and not self.weight_total
+                    and not self.communicator.active)
 
     # -- the rows of the low-rank preconditioning ------------------------------------
     def _empty_gradient_rows(self) -> list | None:
@@ -249,7 +274,7 @@ class CurvatureEstimator:
     def update_factors(self, decay: float, states: list[dict]) -> None:
         """Fold the statistics summed since the last update into the running factors and
         record them in ``states`` (the layers' optimizer state)."""
-        n_examples = self.reductions.count(self.n_examples)
+        n_examples = self.reductions.count(self.weight_total)
         if not n_examples:
             return
         sums = [s for block in self.blocks for s in (block.A_sum, block.G_sum)]
@@ -258,6 +283,7 @@ class CurvatureEstimator:
             block.update_running_averages(n_examples, decay)
             state["A"], state["G"] = block.A, block.G
         self.n_examples = 0
+        self.weight_total = 0
 
     def update_eigenvalues(self, decay: float) -> None:
         """EKFAC: fold the kept rows into the scaling of the current eigenbasis."""
@@ -362,15 +388,18 @@ class CurvatureEstimator:
         return preconditioning_dtype(precision, self.factor_dtype, self.device)
 
     # -- preconditioning -------------------------------------------------------------
-    def precondition(self, gradients, n_update: int) -> list[torch.Tensor]:
+    def precondition(self, gradients, n_update: int,
+                     weight_total: float | None = None) -> list[torch.Tensor]:
         """The K-FAC directions ``-G⁻¹ ∇W̄ A⁻¹`` of every layer, for the mean
-        ``gradients`` of an update of ``n_update`` rows.
+        ``gradients`` of an update of ``n_update`` rows of total weight ``weight_total``
+        (default: ``n_update``, unweighted).
 
         The mean gradient of ``m`` examples is ``∇W̄ = Σᵢ gᵢ āᵢᵀ / m``, of rank ``m`` at
         most, so ``G⁻¹ ∇W̄ A⁻¹ = (G⁻¹ [g₁ … gₘ]) ([ā₁ … āₘ]ᵀ A⁻¹) / m``: exact, and
-        ``O(m (out² + in² + out·in))`` instead of ``O(out·in·(out + in))``. That route is
-        taken for the layers where it is cheaper (batches smaller than about 2/3 of the
-        layer's width), when the factor inverses are explicit (``'tikhonov'``,
+        ``O(m (out² + in² + out·in))`` instead of ``O(out·in·(out + in))``; weighted, the
+        kept ``gᵢ`` are the backward pass's ``wᵢ gᵢ`` and the divisor is ``Σ wᵢ``. That
+        route is taken for the layers where it is cheaper (batches smaller than about 2/3
+        of the layer's width), when the factor inverses are explicit (``'tikhonov'``,
         ``'max_norm'``), without an L2 term (its ``αW`` has full rank) and when every row
         of the gradient is in this process.
 
@@ -379,7 +408,7 @@ class CurvatureEstimator:
         """
         comm = self.communicator
         shared_out = comm.active and self.distribute_inverses
-        outer = self._gradient_outer_factors(n_update)
+        outer = self._gradient_outer_factors(n_update, weight_total)
         directions = []
         for index, (block, V) in enumerate(zip(self.blocks, gradients)):
             if shared_out and comm.owner(index) != comm.rank:
@@ -396,10 +425,12 @@ class CurvatureEstimator:
                                 if comm.owner(index) == owner], src=owner)
         return directions
 
-    def _gradient_outer_factors(self, m: int) -> list:
+    def _gradient_outer_factors(self, m: int, total: float | None = None) -> list:
         """Per layer, ``(left, right)`` with ``left @ right`` the mean gradient of ``m``
-        rows (or ``None`` where the full gradient is used)."""
+        rows of total weight ``total`` (default ``m``), or ``None`` where the full
+        gradient is used."""
         rows = self.gradient_rows
+        total = m if total is None else total
         unused = [None] * len(self.layers)
         # Data-parallel runs hold only this rank's rows: the full product there.
         if (not rows or self.communicator.active
@@ -412,9 +443,9 @@ class CurvatureEstimator:
                 continue
             a = torch.cat([inputs[index] for inputs, _ in rows]).to(self.factor_dtype)
             g = torch.cat([grads[index] for _, grads in rows]).to(self.factor_dtype)
-            right = a / m
+            right = a / total
             if layer.bias is not None:
-                right = torch.cat([right, right.new_full((m, 1), 1.0 / m)], dim=1)
+                right = torch.cat([right, right.new_full((m, 1), 1.0 / total)], dim=1)
             factors.append((g.T, right))
         return factors
 

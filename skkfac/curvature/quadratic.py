@@ -31,6 +31,8 @@ class CurvatureRows(NamedTuple):
     y: torch.Tensor
     inputs: list  # each Linear layer's input
     output: torch.Tensor
+    #: Sample weights of the rows (``None``: unweighted, every weight 1).
+    weight: torch.Tensor | None = None
 
 
 class QuadraticModel(NamedTuple):
@@ -52,9 +54,13 @@ def concatenate_rows(rows: list[CurvatureRows]) -> CurvatureRows:
     """The rows of several micro-batches as one batch."""
     if len(rows) == 1:
         return rows[0]
+    weight = None
+    if any(r.weight is not None for r in rows):
+        weight = torch.cat([r.output.new_ones(r.output.shape[0]) if r.weight is None
+                            else r.weight.to(r.output.dtype) for r in rows])
     return CurvatureRows(torch.cat([r.X for r in rows]), torch.cat([r.y for r in rows]),
                          [torch.cat(layer) for layer in zip(*(r.inputs for r in rows))],
-                         torch.cat([r.output for r in rows]))
+                         torch.cat([r.output for r in rows]), weight)
 
 
 def inner(xs, ys) -> torch.Tensor:
@@ -100,17 +106,34 @@ class GaussNewtonModel:
         self.fast_jvp = supports_fast_jvp(model)
 
     def batch_loss(self, batch: CurvatureRows, fresh: bool = False) -> torch.Tensor:
-        """Mean loss on ``batch`` plus the L2 penalty, in the curvature's precision.
-        ``fresh``: at the current weights (else the recorded forward pass, when it was
-        made in that precision)."""
+        """Mean loss on ``batch`` (weighted by its rows' weights) plus the L2 penalty, in
+        the curvature's precision. ``fresh``: at the current weights (else the recorded
+        forward pass, when it was made in that precision)."""
         if fresh or batch.output.dtype != self.dtype:
             output = forward_in(self.model, batch.X, self.dtype)
         else:
             output = batch.output
-        total = self.loss.per_example(output, batch.y).sum().reshape(1)
+        weight = self._weight(batch)
+        losses = self.loss.per_example(output, batch.y)
+        if weight is not None:
+            loss = self._weighted_means((losses * weight).sum().reshape(1), weight)[0]
+            return loss + self.l2_penalty()
+        total = losses.sum().reshape(1)
         self.reductions.all_reduce([total])
         loss = total[0] / self.reductions.count(output.shape[0])
         return loss.double() + self.l2_penalty()
+
+    def _weight(self, batch: CurvatureRows) -> torch.Tensor | None:
+        """The rows' weights in the curvature's precision (``None``: unweighted)."""
+        return None if batch.weight is None else batch.weight.to(self.dtype)
+
+    def _weighted_means(self, sums: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``sums`` of weighted rows, over every process, divided by the rows' total
+        ``weight`` (summed along with them: no host read), in float64."""
+        sums = torch.cat([sums, weight.sum().reshape(1)])
+        self.reductions.all_reduce([sums])
+        sums = sums.double()
+        return sums[:-1] / sums[-1]
 
     def l2_penalty(self) -> torch.Tensor | float:
         if not self.alpha:
@@ -155,14 +178,24 @@ class GaussNewtonModel:
         n = len(candidates)
         pairs = [(i, j) for i in range(n) for j in range(i, n)]
         output_gradient = self.loss.output_gradient(output, batch.y)
+        losses = self.loss.per_example(output, batch.y)
+        weight = self._weight(batch)
+        if weight is not None:  # per-row terms times wᵢ: the products' rows times √wᵢ
+            root = weight.sqrt()[:, None]
+            products = [product * root for product in products]
+            output_gradient = output_gradient * root
+            losses = losses * weight
         n_rows = output.shape[0]
         sums = torch.stack(
             [self.loss.fisher_inner(output, products[i], products[j]) * n_rows
              for i, j in pairs]
             + [(output_gradient * products[i]).sum() for i in range(n)]
-            + [self.loss.per_example(output, batch.y).sum()])
-        self.reductions.all_reduce([sums])
-        means = sums.double() / self.reductions.count(n_rows)
+            + [losses.sum()])
+        if weight is None:
+            self.reductions.all_reduce([sums])
+            means = sums.double() / self.reductions.count(n_rows)
+        else:
+            means = self._weighted_means(sums, weight)
         fisher = torch.zeros(n, n, dtype=torch.float64, device=means.device)
         identity = torch.zeros_like(fisher)
         for index, (i, j) in enumerate(pairs):

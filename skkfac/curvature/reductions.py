@@ -27,6 +27,10 @@ class Reductions:
         """Sum ``tensors`` in place over the processes."""
         self.communicator.all_reduce(tensors)
 
-    def count(self, count: int) -> int:
-        """The number of examples behind a sum, over all the processes."""
-        return round(self.communicator.sum(count)) if self.communicator.active else count
+    def count(self, count: int | float) -> int | float:
+        """The number of examples behind a sum, over all the processes; a float count (a
+        total of sample weights) stays a float."""
+        if not self.communicator.active:
+            return count
+        total = self.communicator.sum(count)
+        return total if isinstance(count, float) else round(total)

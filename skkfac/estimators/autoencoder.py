@@ -12,7 +12,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from skkfac.estimators._checks import as_layer_sizes
-from skkfac.estimators.base import BaseKFACEstimator, store_parameters
+from skkfac.estimators.base import BaseKFACEstimator, store_parameters, weighted_mean
 from skkfac.estimators.docs import document
 
 
@@ -81,7 +81,7 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
             raise ValueError("encoder_layer_sizes must be a non-empty tuple of positive "
                              f"integers, got {self.encoder_layer_sizes!r}.")
 
-    def fit(self, X, y=None, eval_set=None):
+    def fit(self, X, y=None, sample_weight=None, eval_set=None):
         """Train to reconstruct ``X``; ``eval_set=X_val`` records learning curves.
 
         Parameters
@@ -90,6 +90,7 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
             Training samples (inputs and targets).
         y : None
             Ignored.
+        <sample_weight>
         eval_set : array-like, tuple or None, default=None
             Held-out inputs ``X_val`` (or ``(X_val,)``/``(X_val, None)``), evaluated into
             ``history_``; never trained on.
@@ -99,9 +100,9 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
         self : KFACAutoencoder
         """
         self._validate_params()
-        return self._fit(X, None, eval_set=eval_set)
+        return self._fit(X, None, sample_weight=sample_weight, eval_set=eval_set)
 
-    def partial_fit(self, X, y=None):
+    def partial_fit(self, X, y=None, sample_weight=None):
         """One epoch over ``X``, continuing from the current state.
 
         Parameters
@@ -110,6 +111,7 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
             Input samples.
         y : None
             Ignored.
+        <sample_weight>
 
         Returns
         -------
@@ -117,7 +119,7 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
         """
         if not hasattr(self, "model_"):
             self._validate_params()
-        return self._fit(X, None, incremental=True)
+        return self._fit(X, None, sample_weight=sample_weight, incremental=True)
 
     def _encode_targets(self, y):
         return y
@@ -130,8 +132,10 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
             return eval_set[0], None
         return eval_set, None
 
-    def _score_outputs(self, output, target):
-        return -float((output - target).square().mean())
+    def _score_outputs(self, output, target, weight=None):
+        if weight is None:
+            return -float((output - target).square().mean())
+        return -float(weighted_mean((output - target).square().mean(dim=1), weight))
 
     @property
     def _n_features_out(self) -> int:

@@ -20,7 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from skkfac import devices
 from skkfac._threads import torch_threads
@@ -111,8 +111,10 @@ class BaseKFACEstimator(BaseEstimator):
     def _n_outputs(self, y_encoded) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _score_outputs(self, output: torch.Tensor, target: torch.Tensor) -> float:
-        """The estimator's ``score`` computed from network outputs (higher is better)."""
+    def _score_outputs(self, output: torch.Tensor, target: torch.Tensor,
+                       weight: torch.Tensor | None = None) -> float:
+        """The estimator's ``score`` computed from network outputs (higher is better),
+        with the rows weighted by ``weight`` when given."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     # -- validation ------------------------------------------------------------------------
@@ -233,18 +235,21 @@ class BaseKFACEstimator(BaseEstimator):
             y = y.astype(np.float64)  # strings: numbers or scikit-learn's ValueError
         return X, y
 
-    def _fit(self, X, y, *, eval_set=None, incremental: bool = False, classes=None):
+    def _fit(self, X, y, *, sample_weight=None, eval_set=None, incremental: bool = False,
+             classes=None):
         """Fit, or leave the estimator as it was if the call raises or is interrupted."""
         deadline = (None if self.max_wall_time is None
                     else time.perf_counter() + self.max_wall_time)
         continuing = hasattr(self, "model_") and (self.warm_start or incremental)
         with fit_transaction(self, continuing=continuing), torch_threads(self.n_threads):
-            return self._fit_unguarded(X, y, eval_set=eval_set, incremental=incremental,
-                                       classes=classes, first_fit=not continuing,
-                                       deadline=deadline)
+            return self._fit_unguarded(X, y, sample_weight=sample_weight, eval_set=eval_set,
+                                       incremental=incremental, classes=classes,
+                                       first_fit=not continuing, deadline=deadline)
 
-    def _fit_unguarded(self, X, y, *, eval_set, incremental, classes, first_fit, deadline):
+    def _fit_unguarded(self, X, y, *, sample_weight, eval_set, incremental, classes,
+                       first_fit, deadline):
         X, y = self._validate_training_data(X, y, reset=first_fit)
+        X, y, sample_weight = self._weighted_rows(X, y, sample_weight)
         self._check_fit_params()
         if not first_fit and hasattr(self, "_built_with"):
             check_same_network(self, self._built_with,
@@ -267,17 +272,22 @@ class BaseKFACEstimator(BaseEstimator):
             if self.solver_.name != self.solver:
                 self.solver_ = self._make_solver(rng)
 
-        X_train, y_train = X, y_encoded
+        X_train, y_train, w_train = X, y_encoded, sample_weight
         validate = None
         self.do_early_stopping_ = not incremental and self._early_stopping_enabled(y_encoded)
         if self.do_early_stopping_:
-            X_train, X_val, y_train, y_val = self._validation_split(X, y_encoded, rng)
-            X_val_t = self._to_tensor(X_val)
-            y_val_t = self._to_tensor(y_val, integer=self._loss_name == "cross_entropy")
-            validate = lambda: self._evaluate_tensors(X_val_t, y_val_t)[1]  # noqa: E731
+            split = self._validation_split(X, y_encoded, rng, sample_weight)
+            X_train, X_val, y_train, y_val = split[:4]
+            held_out = [self._to_tensor(X_val),
+                        self._to_tensor(y_val, integer=self._loss_name == "cross_entropy")]
+            if sample_weight is not None:  # the held-out rows keep their weights
+                w_train = split[4]
+                held_out.append(self._to_tensor(split[5]))
+            validate = lambda: self._evaluate_tensors(*held_out)[1]  # noqa: E731
         evaluate = self._make_evaluator(eval_set)
         X_t = self._to_tensor(X_train)
         y_t = self._to_tensor(y_train, integer=self._loss_name == "cross_entropy")
+        w_t = None if w_train is None else self._to_tensor(w_train)
 
         batch_size = self._effective_batch_size(X_train.shape[0])
         config = TrainingConfig(
@@ -288,7 +298,7 @@ class BaseKFACEstimator(BaseEstimator):
             early_stopping=validate is not None, eval_every=self.eval_every,
             eval_interval=self.eval_interval, shuffle=self.shuffle, deadline=deadline,
             reference_loss=constant_prediction_loss(
-                y_t, classification=self._loss_name == "cross_entropy"))
+                y_t, classification=self._loss_name == "cross_entropy", weight=w_t))
         callbacks = [LogProgress()] if self.verbose else []
         callbacks += check_callbacks(self.callbacks)
         trainer = Trainer(config, evaluate=evaluate, validate=validate, callbacks=callbacks,
@@ -298,15 +308,41 @@ class BaseKFACEstimator(BaseEstimator):
             progress = trainer.run(self.solver_, X_t, y_t, self._progress,
                                    rng=self._shuffle_rng,
                                    max_epochs=1 if incremental else None,
-                                   incremental=incremental)
+                                   incremental=incremental, sample_weight=w_t)
         self.model_.eval()
         self._publish(progress, incremental)
         return self
 
-    def _validation_split(self, X, y, rng):
+    def _validation_split(self, X, y, rng, sample_weight=None):
+        """``[X_train, X_val, y_train, y_val]``, then ``w_train, w_val`` when there are
+        sample weights: the same rows are held out with or without weights."""
         stratify = y if self._loss_name == "cross_entropy" else None
-        return train_test_split(X, y, test_size=self.validation_fraction,
+        arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
+        return train_test_split(*arrays, test_size=self.validation_fraction,
                                 random_state=rng.randint(2**31 - 1), stratify=stratify)
+
+    def _weighted_rows(self, X, y, sample_weight):
+        """Validate ``sample_weight`` (finite, non-negative, one per row, not all zero)
+        and leave out the rows of weight 0, so that fitting with a zero weight is fitting
+        without the row. Weights that are all equal are the unweighted fit (``None``).
+
+        Data-parallel, every rank keeps its rows and its weights, zeros and equal
+        weights included: the ranks must run the same mini-batches and the same
+        reductions (:func:`skkfac.distributed.fit_data_parallel` leaves out the rows of
+        weight 0 before sharding).
+        """
+        if sample_weight is None:
+            return X, y, None
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64,
+                                             ensure_non_negative=True)
+        if _data_parallel():
+            return X, y, sample_weight
+        kept = sample_weight > 0
+        if not kept.all():
+            X, y, sample_weight = X[kept], y[kept], sample_weight[kept]
+        if np.all(sample_weight == sample_weight[0]):
+            return X, y, None
+        return X, y, sample_weight
 
     def _make_evaluator(self, eval_set):
         if eval_set is None:
@@ -326,13 +362,15 @@ class BaseKFACEstimator(BaseEstimator):
         return eval_set
 
     @torch.no_grad()
-    def _evaluate_tensors(self, X: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """(mean loss, score) of the current network on a held-out set."""
+    def _evaluate_tensors(self, X: torch.Tensor, y: torch.Tensor,
+                          weight: torch.Tensor | None = None) -> tuple[float, float]:
+        """(mean loss, score) of the current network on a held-out set, weighted by
+        ``weight`` when given."""
         was_training = self.model_.training
         self.model_.eval()
         output = self._forward(X)
-        loss = float(get_loss(self._loss_name).per_example(output, y).mean())
-        score = self._score_outputs(output, y)
+        loss = float(weighted_mean(get_loss(self._loss_name).per_example(output, y), weight))
+        score = self._score_outputs(output, y, weight)
         self.model_.train(was_training)
         return loss, score
 
@@ -447,6 +485,14 @@ class BaseKFACEstimator(BaseEstimator):
         self.__dict__.update(fitted)
         for parameter, gradient in zip(self.model_.parameters(), gradients):
             parameter.grad = gradient
+
+
+def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The mean of ``values`` over their rows (dimension 0), weighted by ``weight``."""
+    if weight is None:
+        return values.mean(dim=0)
+    weight = weight.to(values.dtype).reshape(-1, *(1,) * (values.dim() - 1))
+    return (values * weight).sum(dim=0) / weight.sum()
 
 
 def _world_size() -> int:

@@ -8,6 +8,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 
 from skkfac.estimators._params import MLPEstimator
+from skkfac.estimators.base import weighted_mean
 from skkfac.estimators.docs import document
 
 
@@ -40,7 +41,7 @@ class KFACClassifier(ClassifierMixin, MLPEstimator):
 
     _loss_name = "cross_entropy"
 
-    def fit(self, X, y, eval_set=None):
+    def fit(self, X, y, sample_weight=None, eval_set=None):
         """Train on ``(X, y)``; ``eval_set=(X_val, y_val)`` records learning curves.
 
         Parameters
@@ -49,6 +50,7 @@ class KFACClassifier(ClassifierMixin, MLPEstimator):
             Input samples.
         y : array-like of shape (n_samples,)
             Class labels (any hashable values).
+        <sample_weight>
         eval_set : tuple (X_val, y_val) or None, default=None
             Held-out data evaluated on the schedule of ``eval_every``/``eval_interval``
             (once per epoch by default) into ``history_``; never trained on.
@@ -58,9 +60,9 @@ class KFACClassifier(ClassifierMixin, MLPEstimator):
         self : KFACClassifier
         """
         self._validate_params()
-        return self._fit(X, y, eval_set=eval_set)
+        return self._fit(X, y, sample_weight=sample_weight, eval_set=eval_set)
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over ``(X, y)``; ``classes`` is required on the first call.
 
         Parameters
@@ -69,6 +71,7 @@ class KFACClassifier(ClassifierMixin, MLPEstimator):
             Input samples.
         y : array-like of shape (n_samples,)
             Class labels.
+        <sample_weight>
         classes : array-like of shape (n_classes,) or None, default=None
             Every class that may appear; required on the first call, ignored after.
 
@@ -84,7 +87,8 @@ class KFACClassifier(ClassifierMixin, MLPEstimator):
             raise ValueError(f"classes={list(classes)!r} is not the same as on the first call "
                              f"to partial_fit, {self.classes_.tolist()!r}; fit a new model "
                              "to change the classes.")
-        return self._fit(X, y, incremental=True, classes=classes)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True,
+                         classes=classes)
 
     def _learn_target_encoding(self, y, classes=None):
         check_classification_targets(y)
@@ -107,8 +111,9 @@ class KFACClassifier(ClassifierMixin, MLPEstimator):
     def _n_outputs(self, y_encoded):
         return len(self.classes_)
 
-    def _score_outputs(self, output, target):
-        return float((output.argmax(dim=1) == target).to(torch.float64).mean())
+    def _score_outputs(self, output, target, weight=None):
+        return float(weighted_mean((output.argmax(dim=1) == target).to(torch.float64),
+                                   weight))
 
     def predict_proba(self, X):
         """Class probabilities.

@@ -3,12 +3,14 @@
 The estimators' own parameters are described here once; the solvers' options come from
 their :class:`~skkfac.solvers.spec.Hyperparameter` declarations. :func:`document`
 writes, into an estimator's docstring, the entries of exactly the parameters of its
-``__init__``, in signature order.
+``__init__``, in signature order, and the ``sample_weight`` entry of its ``fit`` and
+``partial_fit``.
 """
 
 from __future__ import annotations
 
 import inspect
+import textwrap
 
 from skkfac.solvers.spec import (
     PARAMETERS_MARKER,
@@ -20,6 +22,16 @@ from skkfac.solvers.spec import (
 
 #: Marker replaced by :data:`FITTED_ATTRIBUTES`.
 ATTRIBUTES_MARKER = "    <fitted attributes>\n"
+#: Marker, in ``fit`` and ``partial_fit`` docstrings, replaced by :data:`SAMPLE_WEIGHT`.
+SAMPLE_WEIGHT_MARKER = "        <sample_weight>\n"
+#: The ``sample_weight`` entry of the fitting methods (indented for a method).
+SAMPLE_WEIGHT = textwrap.indent(numpydoc_entry(
+    "sample_weight", "array-like of shape (n_samples,) or None, default=None",
+    "Non-negative weights of the samples: training minimises the weighted mean loss, so "
+    "an integer weight counts a sample that many times and a weight of 0 leaves it out. "
+    "The gradient, K-FAC's curvature factors and quadratic model, the epoch losses and "
+    "the early-stopping split's score are all weighted (:ref:`sample-weights`). "
+    "``None``: every weight is 1."), "    ")
 
 #: ``name: (type and default line, description)`` of the estimators' own parameters.
 OWN_PARAMETERS = {
@@ -239,4 +251,9 @@ def document(cls):
         raise ValueError(f"{cls.__name__}'s docstring has no parameters marker.")
     doc = doc.replace(PARAMETERS_MARKER, parameter_entries(cls))
     cls.__doc__ = doc.replace(ATTRIBUTES_MARKER, FITTED_ATTRIBUTES)
+    for name in ("fit", "partial_fit"):
+        method = vars(cls)[name]
+        if SAMPLE_WEIGHT_MARKER not in method.__doc__:
+            raise ValueError(f"{cls.__name__}.{name}'s docstring has no sample_weight marker.")
+        method.__doc__ = method.__doc__.replace(SAMPLE_WEIGHT_MARKER, SAMPLE_WEIGHT)
     return cls

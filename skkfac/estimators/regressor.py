@@ -7,6 +7,7 @@ import torch
 from sklearn.base import RegressorMixin
 
 from skkfac.estimators._params import MLPEstimator
+from skkfac.estimators.base import weighted_mean
 from skkfac.estimators.docs import document
 
 
@@ -38,7 +39,7 @@ class KFACRegressor(RegressorMixin, MLPEstimator):
     _loss_name = "squared_error"
     _multi_output = True
 
-    def fit(self, X, y, eval_set=None):
+    def fit(self, X, y, sample_weight=None, eval_set=None):
         """Train on ``(X, y)``; ``eval_set=(X_val, y_val)`` records learning curves.
 
         Parameters
@@ -47,6 +48,7 @@ class KFACRegressor(RegressorMixin, MLPEstimator):
             Input samples.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Targets.
+        <sample_weight>
         eval_set : tuple (X_val, y_val) or None, default=None
             Held-out data evaluated on the schedule of ``eval_every``/``eval_interval``
             (once per epoch by default) into ``history_``; never trained on.
@@ -56,9 +58,9 @@ class KFACRegressor(RegressorMixin, MLPEstimator):
         self : KFACRegressor
         """
         self._validate_params()
-        return self._fit(X, y, eval_set=eval_set)
+        return self._fit(X, y, sample_weight=sample_weight, eval_set=eval_set)
 
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, sample_weight=None):
         """One epoch over ``(X, y)``, continuing from the current state.
 
         Parameters
@@ -67,6 +69,7 @@ class KFACRegressor(RegressorMixin, MLPEstimator):
             Input samples.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Targets.
+        <sample_weight>
 
         Returns
         -------
@@ -74,7 +77,7 @@ class KFACRegressor(RegressorMixin, MLPEstimator):
         """
         if not hasattr(self, "model_"):
             self._validate_params()
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
     def _learn_target_encoding(self, y, classes=None):
         self._y_was_1d = np.ndim(y) == 1
@@ -86,9 +89,9 @@ class KFACRegressor(RegressorMixin, MLPEstimator):
     def _n_outputs(self, y_encoded):
         return y_encoded.shape[1]
 
-    def _score_outputs(self, output, target):
-        residual = (target - output).square().sum(dim=0)
-        total = (target - target.mean(dim=0)).square().sum(dim=0)
+    def _score_outputs(self, output, target, weight=None):
+        residual = weighted_mean((target - output).square(), weight)
+        total = weighted_mean((target - weighted_mean(target, weight)).square(), weight)
         r2 = torch.where(total > 0, 1 - residual / total.clamp_min(1e-300),
                          torch.where(residual > 0, torch.zeros_like(total),
                                      torch.ones_like(total)))

@@ -4,7 +4,10 @@ A solver sees training as ``accumulate(X, y)`` called on one or more micro-batch
 then ``step()``, which returns a :class:`~skkfac.solvers.spec.StepReport`. Gradients
 (and, for K-FAC, curvature statistics) are *summed* over examples while accumulating and
 divided by the example count in ``step``, so an artificial batch made of several
-micro-batches gives exactly the update of the concatenated batch.
+micro-batches gives exactly the update of the concatenated batch. With
+``accumulate(X, y, sample_weight)`` the sums are weighted and the divisor is the sum of
+the weights: the objective is the weighted mean loss ``Σ wᵢ ℓᵢ / Σ wᵢ``, and an integer
+weight is the same as repeating the row.
 
 :class:`TorchOptimizerSolver` adapts any ``torch.optim`` optimizer to this interface
 (SGD and Adam are declarations on top of it).
@@ -70,6 +73,9 @@ class Solver:
     #: The losses (:mod:`skkfac.losses` names) for which the estimators'
     #: ``early_stopping='auto'`` holds out a validation split with this solver.
     early_stopping_losses: ClassVar[tuple[str, ...]] = ()
+    #: Total weight accumulated since the last step, once a weighted micro-batch came
+    #: (``None`` before: see :attr:`weight_accumulated`).
+    _weight_total: float | None = None
 
     def __init__(self, model: nn.Module, loss="squared_error", *, alpha: float = 0.0):
         self.model = model
@@ -80,6 +86,7 @@ class Solver:
             raise ValueError("The model has no nn.Linear layer to train.")
         _check_only_linear_layers_train(model, self.layers)
         self.params = [p for layer in self.layers for p in layer.parameters()]
+        #: Rows accumulated since the last step.
         self.n_accumulated = 0
         self.phase_times: dict[str, float] = {}
         self._backup: list[torch.Tensor] | None = None
@@ -90,17 +97,61 @@ class Solver:
         return self.auto_batch_size
 
     # -- accumulation --------------------------------------------------------------
-    def accumulate(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Forward and backward on one micro-batch; returns the summed loss (detached)."""
+    def accumulate(self, X: torch.Tensor, y: torch.Tensor,
+                   sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Forward and backward on one micro-batch; returns the summed loss (detached).
+
+        Parameters
+        ----------
+        X : torch.Tensor of shape (n_rows, n_features)
+            Inputs of the micro-batch.
+        y : torch.Tensor
+            Their targets, as the loss takes them.
+        sample_weight : torch.Tensor of shape (n_rows,) or None, default=None
+            Non-negative weights of the rows: the loss summed is ``Σ wᵢ ℓᵢ`` and the
+            update's mean divides by ``Σ wᵢ`` (``None``: every weight is 1).
+
+        Returns
+        -------
+        loss_sum : torch.Tensor
+            The (weighted) summed loss of the micro-batch, a detached 0-d tensor.
+        """
+        weight = self._check_sample_weight(sample_weight, X)
+        total = None if weight is None else weight_sums(weight)[-1]
         output = self.model(X)
-        loss_sum = self.loss.per_example(output, y).sum()
+        loss_sum = weighted_sum(self.loss.per_example(output, y), weight)
         loss_sum.backward()
-        self.n_accumulated += X.shape[0]
+        self._count(X.shape[0], total)
         return loss_sum.detach()
+
+    def _check_sample_weight(self, sample_weight, X: torch.Tensor) -> torch.Tensor | None:
+        """``sample_weight`` as a tensor of the network's dtype on ``X``'s device, one
+        weight per row (``None`` stays ``None``)."""
+        if sample_weight is None:
+            return None
+        weight = torch.as_tensor(sample_weight, device=X.device).to(self.params[0].dtype)
+        if weight.shape != (X.shape[0],):
+            raise ValueError(f"sample_weight has shape {tuple(weight.shape)}; expected one "
+                             f"weight per row of X, ({X.shape[0]},).")
+        return weight
+
+    @property
+    def weight_accumulated(self) -> int | float:
+        """Total weight of the rows accumulated since the last step, the divisor of the
+        update's means: :attr:`n_accumulated` until a weighted micro-batch comes (so a
+        solver that only counts rows stays correct), then a float."""
+        return self.n_accumulated if self._weight_total is None else self._weight_total
+
+    def _count(self, n_rows: int, total: float | None) -> None:
+        """Count ``n_rows`` accumulated rows of total weight ``total`` (``None``:
+        unweighted, ``n_rows``)."""
+        if total is not None or self._weight_total is not None:
+            self._weight_total = self.weight_accumulated + (n_rows if total is None else total)
+        self.n_accumulated += n_rows
 
     def _mean_gradients(self) -> None:
         """Turn the summed gradients into the mean-loss gradient plus the L2 term."""
-        scale = 1.0 / self.n_accumulated
+        scale = 1.0 / self.weight_accumulated
         for layer in self.layers:
             for p in layer.parameters():
                 if p.grad is None:
@@ -112,6 +163,7 @@ class Solver:
 
     def _reset_accumulation(self) -> None:
         self.n_accumulated = 0
+        self._weight_total = None
         for p in self.params:
             p.grad = None
 
@@ -187,6 +239,9 @@ class TorchOptimizerSolver(Solver):
         """Apply the optimizer to the mean gradient of what was accumulated."""
         if self.n_accumulated == 0:
             raise RuntimeError("step() needs accumulate(X, y) first: nothing accumulated.")
+        if self.weight_accumulated == 0:
+            self._reset_accumulation()
+            raise ValueError(_ZERO_WEIGHT_MESSAGE)
         self._mean_gradients()
         self.optimizer.step()
         self._reset_accumulation()
@@ -197,6 +252,38 @@ class TorchOptimizerSolver(Solver):
     def on_restore(self) -> None:
         """After a rejected update: forget the optimizer's running state (momentum)."""
         self.optimizer.state.clear()
+
+
+_ZERO_WEIGHT_MESSAGE = (
+    "Every row accumulated for this update has sample_weight 0: the weighted mean loss "
+    "is undefined. What was accumulated is dropped; accumulate rows of positive weight.")
+
+
+def weighted_sum(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """``Σ wᵢ vᵢ`` over the rows (``Σ vᵢ`` without weights)."""
+    return values.sum() if weight is None else (values * weight).sum()
+
+
+def weight_sums(weight: torch.Tensor, *firsts: int) -> list[float]:
+    """``Σ w`` over the first ``n`` rows for each ``n`` in ``firsts``, then over all rows,
+    in float64 and read from the device in one transfer. Negative or non-finite weights
+    raise a ValueError.
+
+    Examples
+    --------
+    >>> import torch
+    >>> weight_sums(torch.tensor([1.0, 2.0, 0.5]), 2)
+    [3.0, 3.5]
+    """
+    weight = weight.to(torch.float64)
+    if not weight.numel():
+        return [0.0] * (len(firsts) + 1)
+    *sums, smallest = torch.stack([weight[:n].sum() for n in firsts]
+                                  + [weight.sum(), weight.min()]).tolist()
+    if not (math.isfinite(sums[-1]) and smallest >= 0):
+        raise ValueError("sample_weight must hold finite, non-negative numbers; got a "
+                         f"{'negative' if smallest < 0 else 'non-finite'} weight.")
+    return sums
 
 
 def copy_tensors(obj, device: torch.device | None = None):

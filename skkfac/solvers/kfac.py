@@ -35,7 +35,7 @@ from skkfac.curvature.precision import full_precision
 from skkfac.curvature.quadratic import GaussNewtonModel
 from skkfac.curvature.reductions import Reductions
 from skkfac.distributed import Communicator
-from skkfac.solvers.base import Solver, copy_tensors
+from skkfac.solvers.base import Solver, copy_tensors, weight_sums, weighted_sum
 from skkfac.solvers.kfac_parameters import (
     HYPERPARAMETERS,
     INTERNAL_HYPERPARAMETERS,
@@ -306,19 +306,38 @@ class KFAC(Solver, torch.optim.Optimizer):
         self.curvature.seed_for_rank(int(self.generator.initial_seed()))
 
     # -- accumulation --------------------------------------------------------------------
-    def accumulate(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def accumulate(self, X: torch.Tensor, y: torch.Tensor,
+                   sample_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Forward/backward on a micro-batch, adding its gradient and curvature statistics.
 
         The curvature (statistics and the quadratic model) uses the first
         ``curvature_batch_size`` examples of the batch accumulated since the last step,
         wherever the micro-batch boundaries fall; those rows get their own forward pass,
         whose recorded layer inputs also serve the quadratic model, so the curvature costs
-        no extra forward pass. Returns the summed (not averaged) loss over the
-        micro-batch, detached.
+        no extra forward pass.
+
+        Parameters
+        ----------
+        X, y : torch.Tensor
+            The micro-batch: ``n_rows`` inputs and their targets (as the loss takes them).
+        sample_weight : torch.Tensor of shape (n_rows,) or None, default=None
+            Non-negative weights of the rows. Everything the update measures is then a
+            weighted mean over its rows: the gradient ``Σ wᵢ ∇ℓᵢ / Σ wᵢ``, the factors
+            ``A = Σ wᵢ āᵢāᵢᵀ / Σ wᵢ`` and ``G = Σ wᵢ gᵢgᵢᵀ / Σ wᵢ`` (and EKFAC's
+            scaling), the quadratic model and the losses ``ρ`` and the rejection test
+            compare; an integer weight is the same as repeating the row. ``None``:
+            every weight is 1. Their sums are read from the device once per call.
+
+        Returns
+        -------
+        loss_sum : torch.Tensor
+            The (weighted) summed loss over the micro-batch, a detached 0-d tensor.
         """
         curvature = self.curvature
         n = X.shape[0]
         n_curvature = curvature.rows_wanted(n)
+        weight = self._check_sample_weight(sample_weight, X)
+        totals = (None, None) if weight is None else weight_sums(weight, n_curvature)
         keep_rows = curvature.keep_gradient_rows(self.n_accumulated + n)
         chunks = []  # (inputs, outputs) of the forward passes whose rows are kept
         with self.timer.phase("forward_backward"):
@@ -326,27 +345,29 @@ class KFAC(Solver, torch.optim.Optimizer):
             if n_curvature:
                 with curvature.capture() as (inputs, outputs):
                     output = self._train_model(X[:n_curvature])
-                loss_sum = self.loss.per_example(output, y[:n_curvature]).sum()
+                loss_sum = weighted_sum(self.loss.per_example(output, y[:n_curvature]),
+                                        _rows(weight, 0, n_curvature))
                 if keep_rows:
                     chunks.append((list(inputs), list(outputs)))
             if n_curvature < n:
                 capture = curvature.capture() if keep_rows else nullcontext(([], []))
                 with capture as (rest_inputs, rest_outputs):
                     rest_output = self._train_model(X[n_curvature:])
-                rest = self.loss.per_example(rest_output, y[n_curvature:]).sum()
+                rest = weighted_sum(self.loss.per_example(rest_output, y[n_curvature:]),
+                                    _rows(weight, n_curvature, n))
                 loss_sum = rest if loss_sum is None else loss_sum + rest
                 if keep_rows:
                     chunks.append((rest_inputs, rest_outputs))
         if n_curvature:
             with self.timer.phase("statistics"):
                 curvature.add_statistics(X[:n_curvature], y[:n_curvature], output, inputs,
-                                         outputs)
+                                         outputs, _rows(weight, 0, n_curvature), totals[0])
             outputs.clear()
         for chunk_inputs, chunk_outputs in chunks:  # after the statistics' own backward
             curvature.watch_gradients(chunk_inputs, chunk_outputs)
         with self.timer.phase("forward_backward"):
             loss_sum.backward()
-        self.n_accumulated += n
+        self._count(n, totals[1])
         return loss_sum.detach()
 
     # -- the update --------------------------------------------------------------------
@@ -366,7 +387,7 @@ class KFAC(Solver, torch.optim.Optimizer):
             torch._foreach_mul_(gradients, float(self.communicator.world_size))
         else:
             self.reductions.all_reduce(gradients)
-        torch._foreach_mul_(gradients, 1.0 / self.reductions.count(self.n_accumulated))
+        torch._foreach_mul_(gradients, 1.0 / self.reductions.count(self.weight_accumulated))
         if self.alpha:
             for layer, V in zip(self.layers, gradients):
                 V[:, :layer.in_features].add_(layer.weight.detach(), alpha=self.alpha)
@@ -385,12 +406,22 @@ class KFAC(Solver, torch.optim.Optimizer):
             follows it every ``damping_adapt_interval`` updates), the damping now and the
             step's coefficients; values are 0-d device tensors (``report.fetch()`` reads
             them).
-            ``None`` when nothing was accumulated.
+            ``None`` when nothing was accumulated, or (in one process) only rows of
+            weight 0, which are dropped: their weighted mean loss is undefined.
         """
         if closure is not None:
             raise ValueError("KFAC.step takes no closure: call accumulate(X, y) first.")
         if self.n_accumulated == 0:
             return None
+        if self.weight_accumulated == 0 and not self.communicator.active:
+            self._reset_accumulation()
+            return None
+        if self.curvature.rows_without_weight():
+            self._reset_accumulation()
+            raise ValueError(
+                "The curvature rows of this update (its first curvature_batch_size rows) "
+                "all have sample_weight 0: K-FAC estimates the curvature on them. Put rows "
+                "of positive weight among them, or leave out the rows of weight 0.")
         with full_precision(self.device):
             report = self._update()
         self._reset_accumulation()
@@ -424,7 +455,8 @@ class KFAC(Solver, torch.optim.Optimizer):
             with self.timer.phase("statistics"):
                 curvature.update_eigenvalues(decay)
         with self.timer.phase("precondition"):
-            directions = curvature.precondition(gradients, self.n_accumulated)
+            directions = curvature.precondition(gradients, self.n_accumulated,
+                                                self.weight_accumulated)
         with self.timer.phase("update"):
             return self._take_step(k, decay, directions, gradients)
 
@@ -591,6 +623,11 @@ class KFAC(Solver, torch.optim.Optimizer):
             self.state[layer.weight].pop("previous_step", None)
         shared["refresh"] = torch.ones((), dtype=torch.bool, device=self.device)
         self.curvature.forget_published_flag()
+
+
+def _rows(weight: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+    """The weights of rows ``start:stop`` (``None`` without weights)."""
+    return None if weight is None else weight[start:stop]
 
 
 #: A loss increase below this many machine epsilons is rounding noise, never a reason to
