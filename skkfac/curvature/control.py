@@ -120,3 +120,11 @@ def levenberg_marquardt(damping: torch.Tensor, rho: torch.Tensor, omega: float,
 def raise_after_rejection(damping: torch.Tensor) -> torch.Tensor:
     """The damping after a rejected step: ten times larger, at least 1e-4."""
     return (damping * 10.0).clamp(min=1e-4, max=MAX_DAMPING)
+
+
+def kl_clipped(updates, gradients, lr: float, kl_clip: float) -> list[torch.Tensor]:
+    """``updates`` scaled so that their Fisher norm ``lr² ΔᵀFΔ ≈ -lr² Σ ⟨Δ, ∇⟩`` (for
+    natural-gradient directions ``Δ = -F⁻¹∇``) is at most ``kl_clip`` (Ba et al. 2017)."""
+    fisher_norm = -sum((U * V).sum() for U, V in zip(updates, gradients)) * lr**2
+    scale = torch.clamp(torch.sqrt(kl_clip / fisher_norm.clamp_min(1e-30)), max=1.0)
+    return [U * scale for U in updates]

@@ -20,6 +20,7 @@ them by :meth:`~CurvatureEstimator.restore`.
 from __future__ import annotations
 
 import hashlib
+import math
 from contextlib import contextmanager
 
 import torch
@@ -476,3 +477,26 @@ class CurvatureEstimator:
         if rows is None:
             return 3 * weights + per_row, fixed
         return 3 * weights, fixed + per_row * rows
+
+
+#: ``batch_size='auto'``: the curvature may add at most this share of the gradient's work
+#: to an update (so an update costs at most twice SGD's, by count; measured on the MNIST
+#: autoencoder against 0.5, see docs/user_guide/batches.rst) ...
+AUTO_CURVATURE_SHARE = 1.0
+#: ... and the batch is a multiple of this.
+AUTO_BATCH_STEP = 250
+
+
+def preferred_batch_size(per_example: float, fixed: float) -> int:
+    """The smallest multiple of :data:`AUTO_BATCH_STEP` whose gradient costs at least
+    ``1 / AUTO_CURVATURE_SHARE`` times the ``fixed`` work of an update (multiply-adds, as
+    :meth:`CurvatureEstimator.update_work` counts them: ``per_example`` for each row).
+
+    Examples
+    --------
+    >>> from skkfac.curvature.estimator import preferred_batch_size
+    >>> preferred_batch_size(per_example=1e6, fixed=6e8)
+    750
+    """
+    batch = fixed / (AUTO_CURVATURE_SHARE * per_example)
+    return max(AUTO_BATCH_STEP, AUTO_BATCH_STEP * math.ceil(batch / AUTO_BATCH_STEP))

@@ -25,12 +25,13 @@ import torch
 
 from skkfac.curvature import stat_decay
 from skkfac.curvature.control import (
+    kl_clipped,
     levenberg_marquardt,
     minimise_plane_model,
     raise_after_rejection,
     reduction_ratio,
 )
-from skkfac.curvature.estimator import CurvatureEstimator
+from skkfac.curvature.estimator import CurvatureEstimator, preferred_batch_size
 from skkfac.curvature.precision import full_precision
 from skkfac.curvature.quadratic import GaussNewtonModel
 from skkfac.curvature.reductions import Reductions
@@ -184,11 +185,8 @@ class KFAC(Solver, torch.optim.Optimizer):
 
     @property
     def _shared(self) -> dict:
-        """State not tied to one layer (counters, damping, scale, flags).
-
-        Kept in the first weight's entry of ``self.state``, as ``torch.optim.LBFGS`` does,
-        so that ``state_dict()`` carries it.
-        """
+        """State not tied to one layer (counters, damping, scale, flags), in the first
+        weight's entry of ``self.state`` as ``torch.optim.LBFGS`` does: saved with it."""
         return self.state[self.params[0]]
 
     def _layer_states(self) -> list[dict]:
@@ -314,24 +312,10 @@ class KFAC(Solver, torch.optim.Optimizer):
         ``curvature_batch_size`` examples of the batch accumulated since the last step,
         wherever the micro-batch boundaries fall; those rows get their own forward pass,
         whose recorded layer inputs also serve the quadratic model, so the curvature costs
-        no extra forward pass.
-
-        Parameters
-        ----------
-        X, y : torch.Tensor
-            The micro-batch: ``n_rows`` inputs and their targets (as the loss takes them).
-        sample_weight : torch.Tensor of shape (n_rows,) or None, default=None
-            Non-negative weights of the rows. Everything the update measures is then a
-            weighted mean over its rows: the gradient ``Σ wᵢ ∇ℓᵢ / Σ wᵢ``, the factors
-            ``A = Σ wᵢ āᵢāᵢᵀ / Σ wᵢ`` and ``G = Σ wᵢ gᵢgᵢᵀ / Σ wᵢ`` (and EKFAC's
-            scaling), the quadratic model and the losses ``ρ`` and the rejection test
-            compare; an integer weight is the same as repeating the row. ``None``:
-            every weight is 1. Their sums are read from the device once per call.
-
-        Returns
-        -------
-        loss_sum : torch.Tensor
-            The (weighted) summed loss over the micro-batch, a detached 0-d tensor.
+        no extra forward pass. ``sample_weight`` (``None``: all 1) makes everything the
+        update measures a weighted mean over its rows: the gradient, ``A = Σ wᵢ āᵢāᵢᵀ /
+        Σ wᵢ``, ``G`` (and EKFAC's scaling), the quadratic model, ``ρ`` and the rejection
+        test. Returns the (weighted) summed loss over the micro-batch, detached.
         """
         curvature = self.curvature
         n = X.shape[0]
@@ -472,13 +456,6 @@ class KFAC(Solver, torch.optim.Optimizer):
         shared["refresh"] = torch.zeros((), dtype=torch.bool, device=self.device)
 
     # -- cost and batch_size='auto' -------------------------------------------------------
-    #: ``batch_size='auto'``: the curvature may add at most this share of the gradient's
-    #: work to an update (so an update costs at most twice SGD's, by count; measured
-    #: on the MNIST autoencoder against 0.5, see docs/user_guide/batches.rst).
-    AUTO_CURVATURE_SHARE = 1.0
-    #: ... and the batch is a multiple of this.
-    AUTO_BATCH_STEP = 250
-
     def update_work(self) -> tuple[float, float]:
         """Multiply-adds of an update: ``(per_example, fixed)``, counted as
         :meth:`CurvatureEstimator.update_work
@@ -486,22 +463,16 @@ class KFAC(Solver, torch.optim.Optimizer):
         return self.curvature.update_work(tangents=2 if self.hyper["adaptive_step"] else 0)
 
     def preferred_batch_size(self) -> int:
-        """``batch_size='auto'``: the smallest multiple of :attr:`AUTO_BATCH_STEP` whose
-        gradient costs at least ``1 / AUTO_CURVATURE_SHARE`` times the fixed work of an
-        update (:meth:`update_work`).
+        """``batch_size='auto'``: :func:`skkfac.curvature.estimator.preferred_batch_size`
+        of :meth:`update_work`.
 
-        Examples
-        --------
         >>> from skkfac import KFAC
         >>> from skkfac.nn import build_mlp
-        >>> autoencoder = build_mlp(784, (1000, 500, 250, 30, 250, 500, 1000), 784)
-        >>> KFAC(autoencoder).preferred_batch_size()
+        >>> KFAC(build_mlp(784, (1000, 500, 250, 30, 250, 500, 1000), 784)
+        ...      ).preferred_batch_size()
         1000
         """
-        per_example, fixed = self.update_work()
-        batch = fixed / (self.AUTO_CURVATURE_SHARE * per_example)
-        step = self.AUTO_BATCH_STEP
-        return max(step, step * math.ceil(batch / step))
+        return preferred_batch_size(*self.update_work())
 
     # -- the step ------------------------------------------------------------------------
     def _take_step(self, k, decay, directions, gradients) -> StepReport:
@@ -522,7 +493,9 @@ class KFAC(Solver, torch.optim.Optimizer):
             step_size, momentum = coefficients[0], coefficients[1]
         else:
             momentum = decay if hyper["momentum"] is None else hyper["momentum"]
-            steps = self._momentum_steps(self._clip(directions, gradients), momentum)
+            if hyper["kl_clip"] is not None and hyper["damping_scheme"] != "max_norm":
+                directions = kl_clipped(directions, gradients, hyper["lr"], hyper["kl_clip"])
+            steps = self._momentum_steps(directions, momentum)
             step_size, coefficients = hyper["lr"], None
             if adapt:
                 model = self.quadratic.in_span([steps], gradients, batch)
@@ -591,16 +564,6 @@ class KFAC(Solver, torch.optim.Optimizer):
             buffer.mul_(momentum).add_(direction, alpha=weight)
             steps.append(buffer * self.hyper["lr"])
         return steps
-
-    def _clip(self, updates, gradients):
-        """Scale updates so that ``lr² Δᵀ F Δ ≈ lr² Σ ⟨U, ∇⟩ <= kl_clip`` (Ba et al. 2017)."""
-        kl_clip = self.hyper["kl_clip"]
-        if kl_clip is None or self.hyper["damping_scheme"] == "max_norm":
-            return updates
-        lr = self.hyper["lr"]
-        fisher_norm = -sum((U * V).sum() for U, V in zip(updates, gradients)) * lr**2
-        scale = torch.clamp(torch.sqrt(kl_clip / fisher_norm.clamp_min(1e-30)), max=1.0)
-        return [U * scale for U in updates]
 
     def _apply(self, steps) -> None:
         for layer, step in zip(self.layers, steps):
