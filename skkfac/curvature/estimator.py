@@ -171,10 +171,13 @@ class CurvatureEstimator:
             for handle in handles:
                 handle.remove()
 
-    def add_statistics(self, X, y, output, inputs, outputs) -> None:
+    def add_statistics(self, X, y, output, inputs, outputs, *, exact: bool = True) -> None:
         """Add the rows' ``a`` and ``g`` to every block (same examples for both) and keep
         the rows for the quadratic model. ``inputs`` and ``outputs`` are what
-        :meth:`capture` recorded of the forward pass ``output = model(X)``."""
+        :meth:`capture` recorded of the forward pass ``output = model(X)``; ``exact``:
+        whether that pass ran in full precision (not under autocast or reduced-precision
+        matmuls). The rows' ``a`` and ``g`` enter the factors in :attr:`factor_dtype`
+        whatever their own dtype (bfloat16 under mixed precision)."""
         with full_precision(self.device):
             gradient_passes = self._output_gradients(output, y, outputs)
             for gradients in gradient_passes:
@@ -185,7 +188,8 @@ class CurvatureEstimator:
             for block, a in zip(self.blocks, inputs):
                 block.add_inputs(a)
         self.n_examples += output.shape[0]
-        self.rows.append(CurvatureRows(X, y, list(inputs), output.detach()))
+        exact = exact and output.dtype == self.factor_dtype  # else a low-precision network
+        self.rows.append(CurvatureRows(X, y, list(inputs), output.detach(), exact))
 
     def _output_gradients(self, output, target, outputs) -> list[list[torch.Tensor]]:
         """Per-example gradients of the loss w.r.t. every layer's output, per 'fisher'.

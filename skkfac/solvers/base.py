@@ -4,7 +4,8 @@ A solver sees training as ``accumulate(X, y)`` called on one or more micro-batch
 then ``step()``, which returns a :class:`~skkfac.solvers.spec.StepReport`. Gradients
 (and, for K-FAC, curvature statistics) are *summed* over examples while accumulating and
 divided by the example count in ``step``, so an artificial batch made of several
-micro-batches gives exactly the update of the concatenated batch.
+micro-batches gives exactly the update of the concatenated batch (under
+``precision='bf16-mixed'``, up to the bfloat16 rounding of each micro-batch's gradient).
 
 :class:`TorchOptimizerSolver` adapts any ``torch.optim`` optimizer to this interface
 (SGD and Adam are declarations on top of it).
@@ -22,6 +23,7 @@ from torch import nn
 
 from skkfac.losses import get_loss
 from skkfac.nn import linear_layers
+from skkfac.solvers.mixed_precision import resolve_precision, training_autocast
 from skkfac.solvers.spec import Hyperparameter, StepReport
 
 # torch.optim.Optimizer imports torch._dynamo the first time an optimizer is built: about
@@ -41,6 +43,8 @@ class Solver:
     alpha : float
         L2 penalty: the objective gains ``alpha / 2 * sum(W**2)`` over the weight
         matrices (biases are not penalised).
+    precision : {'float32', 'bf16-mixed', 'auto'}, default='float32'
+        Precision of the training passes (:mod:`skkfac.solvers.mixed_precision`).
     """
 
     #: The name it is registered under (set by :func:`~skkfac.solvers.spec.register_solver`).
@@ -70,8 +74,12 @@ class Solver:
     #: The losses (:mod:`skkfac.losses` names) for which the estimators'
     #: ``early_stopping='auto'`` holds out a validation split with this solver.
     early_stopping_losses: ClassVar[tuple[str, ...]] = ()
+    #: ``precision`` resolved: ``'float32'`` (the network's dtype) or ``'bf16-mixed'``
+    #: (a class default for solvers pickled before it existed).
+    training_precision: str = "float32"
 
-    def __init__(self, model: nn.Module, loss="squared_error", *, alpha: float = 0.0):
+    def __init__(self, model: nn.Module, loss="squared_error", *, alpha: float = 0.0,
+                 precision: str = "float32"):
         self.model = model
         self.loss = get_loss(loss)
         self.alpha = float(alpha)
@@ -80,6 +88,9 @@ class Solver:
             raise ValueError("The model has no nn.Linear layer to train.")
         _check_only_linear_layers_train(model, self.layers)
         self.params = [p for layer in self.layers for p in layer.parameters()]
+        self.precision = precision
+        self.training_precision = resolve_precision(precision, self.params[0].dtype,
+                                                    type(self).__name__)
         self.n_accumulated = 0
         self.phase_times: dict[str, float] = {}
         self._backup: list[torch.Tensor] | None = None
@@ -90,9 +101,18 @@ class Solver:
         return self.auto_batch_size
 
     # -- accumulation --------------------------------------------------------------
+    def _forward(self, model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+        """``model(X)`` in the training precision, returned in the weights' dtype: under
+        bf16-mixed the output is cast to float32, so that the loss (computed outside
+        autocast) is float32. The backward pass is made outside autocast too (as PyTorch
+        advises); it runs in the dtypes the forward pass chose."""
+        with training_autocast(self.training_precision, self.params[0].device):
+            output = model(X)
+        return output.to(self.params[0].dtype)
+
     def accumulate(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Forward and backward on one micro-batch; returns the summed loss (detached)."""
-        output = self.model(X)
+        output = self._forward(self.model, X)
         loss_sum = self.loss.per_example(output, y).sum()
         loss_sum.backward()
         self.n_accumulated += X.shape[0]

@@ -31,7 +31,7 @@ from skkfac.curvature.control import (
     reduction_ratio,
 )
 from skkfac.curvature.estimator import CurvatureEstimator
-from skkfac.curvature.precision import full_precision
+from skkfac.curvature.precision import full_precision, reduced_precision_active
 from skkfac.curvature.quadratic import GaussNewtonModel
 from skkfac.curvature.reductions import Reductions
 from skkfac.distributed import Communicator
@@ -122,8 +122,8 @@ class KFAC(Solver, torch.optim.Optimizer):
                  momentum_rate=1.0, momentum_max=0.6, momentum=None,
                  momentum_type="heavy_ball", inv_update_freq=10,
                  fisher="sampled", curvature_batch_size=128, precondition_precision="auto",
-                 rejection_ratio=2.0, alpha=0.0, random_state=None, process_group=None,
-                 distribute_inverses=True):
+                 precision="float32", rejection_ratio=2.0, alpha=0.0, random_state=None,
+                 process_group=None, distribute_inverses=True):
         # data-parallel: a DistributedDataParallel wrapper only runs accumulate's
         # forward passes (its backward averages the gradients); K-FAC's own forward
         # passes use the wrapped network, outside DDP's bookkeeping.
@@ -132,7 +132,7 @@ class KFAC(Solver, torch.optim.Optimizer):
             model, torch.nn.parallel.DistributedDataParallel)
         if self._gradients_averaged:
             model = model.module
-        Solver.__init__(self, model, loss, alpha=alpha)
+        Solver.__init__(self, model, loss, alpha=alpha, precision=precision)
         defaults = dict(lr=lr, damping=damping, damping_scheme=damping_scheme,
                         adapt_damping=adapt_damping,
                         damping_adapt_interval=damping_adapt_interval,
@@ -319,20 +319,24 @@ class KFAC(Solver, torch.optim.Optimizer):
         curvature = self.curvature
         n = X.shape[0]
         n_curvature = curvature.rows_wanted(n)
+        # Whether this forward pass is the curvature's own arithmetic; if not, the step
+        # re-evaluates the rows in full precision before judging itself on them.
+        exact = (self.training_precision == "float32"
+                 and not reduced_precision_active(self.device))
         keep_rows = curvature.keep_gradient_rows(self.n_accumulated + n)
         chunks = []  # (inputs, outputs) of the forward passes whose rows are kept
         with self.timer.phase("forward_backward"):
             loss_sum = None
             if n_curvature:
                 with curvature.capture() as (inputs, outputs):
-                    output = self._train_model(X[:n_curvature])
+                    output = self._forward(self._train_model, X[:n_curvature])
                 loss_sum = self.loss.per_example(output, y[:n_curvature]).sum()
                 if keep_rows:
                     chunks.append((list(inputs), list(outputs)))
             if n_curvature < n:
                 capture = curvature.capture() if keep_rows else nullcontext(([], []))
                 with capture as (rest_inputs, rest_outputs):
-                    rest_output = self._train_model(X[n_curvature:])
+                    rest_output = self._forward(self._train_model, X[n_curvature:])
                 rest = self.loss.per_example(rest_output, y[n_curvature:]).sum()
                 loss_sum = rest if loss_sum is None else loss_sum + rest
                 if keep_rows:
@@ -340,7 +344,7 @@ class KFAC(Solver, torch.optim.Optimizer):
         if n_curvature:
             with self.timer.phase("statistics"):
                 curvature.add_statistics(X[:n_curvature], y[:n_curvature], output, inputs,
-                                         outputs)
+                                         outputs, exact=exact)
             outputs.clear()
         for chunk_inputs, chunk_outputs in chunks:  # after the statistics' own backward
             curvature.watch_gradients(chunk_inputs, chunk_outputs)
@@ -476,7 +480,9 @@ class KFAC(Solver, torch.optim.Optimizer):
         hyper, shared = self.hyper, self._shared
         adapt = (hyper["adapt_damping"] and hyper["damping_scheme"] != "max_norm"
                  and k % hyper["damping_adapt_interval"] == 0)
-        batch = self.curvature.batch()
+        # ρ and the rejection test compare losses and model terms of one full-precision
+        # evaluation of the curvature rows (not the training pass's, if it was reduced).
+        batch = self.quadratic.in_full_precision(self.curvature.batch())
         model = None
         if hyper["adaptive_step"]:
             previous = [self._layer_state(i, "previous_step") for i in range(len(self.layers))]
