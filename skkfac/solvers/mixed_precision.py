@@ -44,9 +44,11 @@ PRECISION = Hyperparameter(
     "``'bf16-mixed'``: the forward pass runs under ``torch.autocast`` with bfloat16 "
     "(and the backward pass in the dtypes it chose), the weights and their gradients "
     "stay float32 (master weights) and the loss is computed in float32 from the output "
-    "cast to float32; a network whose weights are not float32 is refused. "
+    "cast to float32; a network whose weights are not float32 is refused. K-FAC "
+    "accumulates its statistics in float32 and judges each step (quadratic model, "
+    "``ρ``, rejection test) on a full-precision pass over the curvature rows. "
     "``'auto'``: ``'float32'``, until bf16-mixed is shown to reach an equal loss in "
-    "equal time (``docs/user_guide/kfac.rst``, \"Mixed precision\").")
+    "equal time (``docs/user_guide/gpus.rst``, \"Mixed precision\").")
 
 
 def resolve_precision(precision: str, weight_dtype: torch.dtype, caller: str) -> str:
