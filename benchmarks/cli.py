@@ -15,7 +15,8 @@ Examples (from the repository root)::
 The single-question scripts run the same way, each with its own options (``--help``):
 ``python -m benchmarks step-cost``, ``damping``, ``ekfac``, ``head-to-head``,
 ``early-stopping``, ``tiny-batches``, ``small-batch``, ``scaling``,
-``bf16-precondition`` and ``protocol-summary``.
+``bf16-precondition``, ``protocol-summary`` and ``precision`` (float32 against
+bf16-mixed at equal time).
 
 Default budgets depend on the problem (``benchmarks/budgets.py``); every solver
 registered in ``skkfac.solvers.SOLVERS`` is searched and compared unless ``--solver``
@@ -239,7 +240,7 @@ SCRIPTS = {"step-cost": "step_cost", "damping": "damping", "ekfac": "ekfac",
            "head-to-head": "head_to_head", "early-stopping": "early_stopping",
            "tiny-batches": "tiny_batches", "small-batch": "small_batch",
            "scaling": "scaling", "bf16-precondition": "bf16_precondition",
-           "protocol-summary": "protocol_summary"}
+           "protocol-summary": "protocol_summary", "precision": "precision"}
 
 
 def main(argv=None) -> int:

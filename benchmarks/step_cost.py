@@ -1,7 +1,8 @@
-"""Cost of one update of K-FAC against SGD on the study's networks.
+"""Cost of one update of K-FAC against SGD and Adam on the study's networks.
 
-Prints, per batch size, the median seconds per update of SGD-Nesterov and the mean of
-K-FAC (over whole inversion periods, with
+Prints, per batch size and training precision (``--precision``: the solvers'
+``precision``, ``float32`` and/or ``bf16-mixed``), the median seconds per update of
+SGD-Nesterov and Adam and the mean of K-FAC (over whole inversion periods, with
 its phase split and the share of time spent inverting — the study's Figure 3, right), the
 K-FAC/SGD ratio measured in the same run, and peak memory, in steady state (after
 ``--warmup`` updates). Synthetic learnable data (see
@@ -11,12 +12,16 @@ K-FAC/SGD ratio measured in the same run, and peak memory, in steady state (afte
     python -m benchmarks step-cost [--batch-sizes 250 1000 4096 10000] [--repeats 7]
     python -m benchmarks step-cost --network cifar10 --batch-sizes 1000
     python -m benchmarks step-cost --precondition-precision full
+    python -m benchmarks step-cost --batch-sizes 1000 --precision float32 bf16-mixed
+
+With several precisions, the speed-up of each over the first is printed per solver.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import resource
 import statistics
 import time
@@ -26,7 +31,8 @@ import torch
 from skkfac import KFAC
 from skkfac.curvature.precision import PRECONDITION_PRECISIONS, preconditioning_dtype
 from skkfac.nn import build_mlp
-from skkfac.solvers import NesterovSGD
+from skkfac.solvers import Adam, NesterovSGD
+from skkfac.solvers.mixed_precision import TRAINING_PRECISIONS
 
 NETWORKS = {
     # name: (inputs, hidden layers, outputs, loss)
@@ -93,6 +99,9 @@ def main(argv=None):
                         default=inspect.signature(KFAC).parameters[
                             "precondition_precision"].default,
                         help="K-FAC precondition_precision (default: K-FAC's)")
+    parser.add_argument("--precision", nargs="+", default=["float32"],
+                        choices=[p for p in TRAINING_PRECISIONS if p != "auto"],
+                        help="the solvers' training precision(s) (default: float32)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -107,41 +116,70 @@ def main(argv=None):
           f"K-FAC: {args.damping_scheme}, inv_update_freq={args.inv_update_freq}, "
           f"curvature_batch_size={args.curvature_batch_size}, "
           f"precondition_precision={args.precondition_precision} "
-          f"({preconditioning_dtype(args.precondition_precision, torch.float32, device)})")
-    print(f"{'batch':>6} {'sgd s':>8} {'kfac s':>8} {'ratio':>6} {'fwd/bwd':>8} "
-          f"{'stats':>7} {'inverse':>8} {'precond':>8} {'update':>7} {'inv %':>6} "
-          f"{'peak MiB':>9}")
+          f"({preconditioning_dtype(args.precondition_precision, torch.float32, device)}); "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"{'batch':>6} {'precision':>10} {'sgd s':>8} {'adam s':>8} {'kfac s':>8} "
+          f"{'ratio':>6} {'fwd/bwd':>8} {'stats':>7} {'inverse':>8} {'precond':>8} "
+          f"{'update':>7} {'inv %':>6} {'peak MiB':>9}")
+    speedups = []
     for batch in args.batch_sizes:
         X, y = batch_for(args.network, batch, device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        sgd = NesterovSGD(build_mlp(n_inputs, hidden, n_outputs, device=device), loss,
-                          lr=0.01, momentum=0.9)
-        kfac = KFAC(build_mlp(n_inputs, hidden, n_outputs, device=device), loss,
-                    damping_scheme=args.damping_scheme, inv_update_freq=args.inv_update_freq,
-                    curvature_batch_size=args.curvature_batch_size or None,
-                    precondition_precision=args.precondition_precision, random_state=0)
-        timed_updates(sgd, X, y, 2)
-        # Warm-up past the first updates, where rejections (each forcing a re-inversion)
-        # set the damping's scale: the figure is the cost of an update in steady state.
-        timed_updates(kfac, X, y, args.warmup)
-        kfac.phase_times = {}  # reset
-        # Every update pays 1/inv_update_freq of an inversion on average: time a whole
-        # number of inversion periods. SGD and K-FAC updates alternate, so that a drift
-        # of the machine's speed affects both alike.
-        repeats = max(args.repeats, args.inv_update_freq)
-        sgd_times, kfac_times = [], []
-        for _ in range(repeats):
-            sgd_times += timed_updates(sgd, X, y, 1)
-            kfac_times += timed_updates(kfac, X, y, 1)
-        sgd_seconds = statistics.median(sgd_times)
-        kfac_seconds = sum(kfac_times) / repeats
-        phases = {k: v / repeats for k, v in kfac.phase_times.items()}
-        print(f"{batch:>6} {sgd_seconds:>8.3f} {kfac_seconds:>8.3f} "
-              f"{kfac_seconds / sgd_seconds:>6.2f} {phases['forward_backward']:>8.3f} "
-              f"{phases['statistics']:>7.3f} {phases['inverse']:>8.3f} "
-              f"{phases['precondition']:>8.3f} {phases['update']:>7.3f} "
-              f"{100 * phases['inverse'] / kfac_seconds:>6.1f} {peak_memory_mib(device):>9.0f}")
+        seconds = {}
+        for precision in args.precision:
+            seconds[precision] = time_solvers(args, precision, X, y, (n_inputs, hidden,
+                                                                      n_outputs, loss))
+        first = args.precision[0]
+        speedups += [f"{batch:>6} {precision:>10} " + " ".join(
+                         f"{name} {seconds[first][name] / seconds[precision][name]:.2f}x"
+                         for name in seconds[first])
+                     for precision in args.precision[1:]]
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    if speedups:
+        print(f"speed-up over {args.precision[0]} (seconds per update, same run):")
+        print("\n".join(speedups))
+
+
+def time_solvers(args, precision: str, X, y, network) -> dict[str, float]:
+    """Time SGD, Adam and K-FAC updates in ``precision``; print their row; return the
+    seconds per update by solver."""
+    n_inputs, hidden, n_outputs, loss = network
+    device = X.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sgd = NesterovSGD(build_mlp(n_inputs, hidden, n_outputs, device=device), loss,
+                      lr=0.01, momentum=0.9, precision=precision)
+    adam = Adam(build_mlp(n_inputs, hidden, n_outputs, device=device), loss, lr=1e-3,
+                precision=precision)
+    kfac = KFAC(build_mlp(n_inputs, hidden, n_outputs, device=device), loss,
+                damping_scheme=args.damping_scheme, inv_update_freq=args.inv_update_freq,
+                curvature_batch_size=args.curvature_batch_size or None,
+                precondition_precision=args.precondition_precision, precision=precision,
+                random_state=0)
+    timed_updates(sgd, X, y, 2)
+    timed_updates(adam, X, y, 2)
+    # Warm-up past the first updates, where rejections (each forcing a re-inversion)
+    # set the damping's scale: the figure is the cost of an update in steady state.
+    timed_updates(kfac, X, y, args.warmup)
+    kfac.phase_times = {}  # reset
+    # Every update pays 1/inv_update_freq of an inversion on average: time a whole
+    # number of inversion periods. The solvers' updates alternate, so that a drift of
+    # the machine's speed affects them alike.
+    repeats = max(args.repeats, args.inv_update_freq)
+    sgd_times, adam_times, kfac_times = [], [], []
+    for _ in range(repeats):
+        sgd_times += timed_updates(sgd, X, y, 1)
+        adam_times += timed_updates(adam, X, y, 1)
+        kfac_times += timed_updates(kfac, X, y, 1)
+    seconds = {"sgd": statistics.median(sgd_times), "adam": statistics.median(adam_times),
+               "kfac": sum(kfac_times) / repeats}
+    phases = {k: v / repeats for k, v in kfac.phase_times.items()}
+    print(f"{X.shape[0]:>6} {precision:>10} {seconds['sgd']:>8.3f} {seconds['adam']:>8.3f} "
+          f"{seconds['kfac']:>8.3f} {seconds['kfac'] / seconds['sgd']:>6.2f} "
+          f"{phases['forward_backward']:>8.3f} {phases['statistics']:>7.3f} "
+          f"{phases['inverse']:>8.3f} {phases['precondition']:>8.3f} "
+          f"{phases['update']:>7.3f} {100 * phases['inverse'] / seconds['kfac']:>6.1f} "
+          f"{peak_memory_mib(device):>9.0f}", flush=True)
+    return seconds
 
 
 if __name__ == "__main__":

@@ -157,17 +157,23 @@ def linear_jvp(model: nn.Sequential, inputs, output: torch.Tensor, tangent_sets,
 
 
 @torch.no_grad()
-def forward_in(model: nn.Module, X: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def forward_in(model: nn.Module, X: torch.Tensor, dtype: torch.dtype, *,
+               inputs: list | None = None) -> torch.Tensor:
     """``model(X)`` computed in ``dtype`` (a low-precision MLP evaluated in float32).
 
     Models that :func:`supports_fast_jvp` are evaluated layer by layer with their
     weights cast to ``dtype``; any other model runs as it is and its output is cast.
+    ``inputs``: a list that receives each ``Linear`` layer's input, for a model that
+    :func:`supports_fast_jvp` only.
     """
-    if not supports_fast_jvp(model) or all(p.dtype == dtype for p in model.parameters()):
+    if inputs is None and (not supports_fast_jvp(model)
+                           or all(p.dtype == dtype for p in model.parameters())):
         return model(X).to(dtype)
     h = X.to(dtype)
     for module in model:
         if isinstance(module, nn.Linear):
+            if inputs is not None:
+                inputs.append(h)
             bias = None if module.bias is None else module.bias.to(dtype)
             h = torch.nn.functional.linear(h, module.weight.to(dtype), bias)
         else:

@@ -76,8 +76,8 @@ def test_estimator_signature_is_the_union_of_the_declarations(estimator):
 
 
 @pytest.mark.parametrize("solver, expected", [
-    ("sgd", dict(lr=0.01, momentum=0.5, nesterov=False)),
-    ("adam", dict(lr=0.001, beta_1=0.8, beta_2=0.999, epsilon=1e-8)),
+    ("sgd", dict(lr=0.01, momentum=0.5, nesterov=False, precision="float32")),
+    ("adam", dict(lr=0.001, beta_1=0.8, beta_2=0.999, epsilon=1e-8, precision="float32")),
 ])
 def test_solver_arguments_pick_the_declared_parameters(solver, expected):
     reg = KFACRegressor(solver=solver, momentum=0.5, nesterovs_momentum=False, beta_1=0.8)

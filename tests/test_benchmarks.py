@@ -569,3 +569,17 @@ def test_study_benchmark_with_fixture_data(tmp_path):
     text = budget.read_text()
     for name in BUDGET_PROBLEMS:
         assert f"{name} seed 0:" in text and " updates in " in text
+
+
+def test_precision_benchmark_with_fixture_data(tmp_path):
+    """``python -m benchmarks precision``: every solver at float32 and bf16-mixed."""
+    from benchmarks.precision import PRECISIONS, run_precision
+    from benchmarks.solvers import registered_solvers
+
+    home = _write_fixture_data(tmp_path / "data")
+    lines = run_precision("mnist_ae", data_home=home, budget=0.05, threads=1,
+                          layers=(8, 4), progress=lambda m: None)
+    assert len(lines) == len(registered_solvers()) * len(PRECISIONS)
+    assert all(" updates " in line and "test loss" in line for line in lines)
+    for precision in PRECISIONS:
+        assert sum(f" {precision} " in line for line in lines) == len(registered_solvers())

@@ -65,6 +65,7 @@ def _rank(rank, world_size, init_file, out_dir):
         results["max_time"] = fit_with_time_budget(rank, world_size)
         results["max_wall_time"] = fit_with_wall_deadline(rank, world_size)
         results["sampled_after_load"] = sample_after_load_state_dict()
+        results["bf16_mixed"] = train_mixed_precision([rows])
         try:
             KFACRegressor(early_stopping=True).fit(*regression_data(50))
             results["early_stopping"] = "fitted"
@@ -73,6 +74,23 @@ def _rank(rank, world_size, init_file, out_dir):
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def train_mixed_precision(parts) -> list[dict]:
+    """K-FAC with precision='bf16-mixed' through DistributedDataParallel (float32 weights
+    under bfloat16 autocast), accumulating the rows ``parts`` of every batch in turn."""
+    model = build_mlp(5, (8, 6), 3, "tanh", generator=torch.Generator().manual_seed(0))
+    trained = (torch.nn.parallel.DistributedDataParallel(model) if dist.is_initialized()
+               else model)
+    opt = KFAC(trained, "squared_error", precision="bf16-mixed", **SETTINGS)
+    history = []
+    for X, y in batches():
+        for rows in parts:
+            opt.accumulate(X[rows].float(), y[rows].float())
+        report = opt.step().fetch()
+        history.append(dict(weights=[p.detach().clone() for p in model.parameters()],
+                            **report))
+    return history
 
 
 def fit_with_time_budget(rank, world_size):
@@ -146,6 +164,24 @@ def test_two_ranks_make_the_updates_of_one_process_on_the_whole_batch():
     assert budgeted[0]["train_time"] == budgeted[1]["train_time"] >= 0.5
     for a, b in zip(budgeted[0]["weights"], budgeted[1]["weights"]):
         assert torch.equal(a, b)
+
+
+def test_two_ranks_train_in_bf16_mixed_precision_together():
+    """bf16-mixed composes with data-parallel training: the ranks stay bit-identical, and
+    make the updates of one process accumulating their two halves of each batch. (Not
+    of one process on the whole batch at once: the bfloat16 rounding of each half's
+    weight gradient differs from the whole's, as with artificial batches.)"""
+    first, second = (rank["bf16_mixed"] for rank in run_ranks())
+    half = BATCH // 2
+    reference = train_mixed_precision([slice(0, half), slice(half, None)])
+    for a, b in zip(first[-1]["weights"], second[-1]["weights"]):
+        assert torch.equal(a, b)
+    for mine, expected in zip(first, reference):
+        assert mine["accepted"] == expected["accepted"]
+        assert mine["rho"] == pytest.approx(expected["rho"], rel=1e-5)
+        for a, b in zip(mine["weights"], expected["weights"]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert reference[-1]["loss_after"] < 0.7 * reference[0]["loss_before"]
 
 
 def test_communicator_is_inactive_in_a_single_process():

@@ -177,10 +177,13 @@ class CurvatureEstimator:
                 handle.remove()
 
     def add_statistics(self, X, y, output, inputs, outputs, sample_weight=None,
-                       weight_total=None) -> None:
+                       weight_total=None, *, exact: bool = True) -> None:
         """Add the rows' ``a`` and ``g`` to every block (same examples for both) and keep
         the rows for the quadratic model. ``inputs`` and ``outputs`` are what
-        :meth:`capture` recorded of the forward pass ``output = model(X)``.
+        :meth:`capture` recorded of the forward pass ``output = model(X)``; ``exact``:
+        whether that pass ran in full precision (not under autocast or reduced-precision
+        matmuls). The rows' ``a`` and ``g`` enter the factors in :attr:`factor_dtype`
+        whatever their own dtype (bfloat16 under mixed precision).
 
         With ``sample_weight`` (one weight per row, summing to ``weight_total``) the
         statistics are weighted: ``Σ wᵢ āᵢāᵢᵀ`` and ``Σ wᵢ gᵢgᵢᵀ``, the latter (and EKFAC's
@@ -204,7 +207,9 @@ class CurvatureEstimator:
         n_rows = output.shape[0]
         self.n_examples += n_rows
         self.weight_total += n_rows if sample_weight is None else weight_total
-        self.rows.append(CurvatureRows(X, y, list(inputs), output.detach(), sample_weight))
+        exact = exact and output.dtype == self.factor_dtype  # else a low-precision network
+        self.rows.append(CurvatureRows(X, y, list(inputs), output.detach(), sample_weight,
+                                       exact))
 
     def _output_gradients(self, output, target, outputs) -> list[list[torch.Tensor]]:
         """Per-example gradients of the loss w.r.t. every layer's output, per 'fisher'.

@@ -5,7 +5,11 @@ differ by a few units in the last place of float16/bfloat16 or TF32 (a step's pr
 and actual loss changes), so they run in true float32 (or float64) even when the user
 has enabled TF32 (``torch.set_float32_matmul_precision('high')``) or runs the forward
 pass under ``torch.autocast``. The forward/backward pass that gives the gradient is left
-to the user's settings.
+to the user's settings; when it was not made in full precision (autocast, the
+solvers' ``precision='bf16-mixed'``, reduced-precision matmuls: see
+:func:`reduced_precision_active`), K-FAC evaluates the curvature rows again in full
+precision before it judges a step, so that ``ρ`` and the rejection test compare
+full-precision quantities only.
 
 One exception: ``KFAC(precondition_precision=...)`` may multiply the gradients with the
 factor inverses (the largest fixed cost of an update) in bfloat16, by default where the
@@ -54,6 +58,28 @@ def full_precision(device: torch.device):
     finally:
         if previous != "highest":
             torch.set_float32_matmul_precision(previous)
+
+
+def reduced_precision_active(device: torch.device) -> bool:
+    """Whether a float32 forward pass on ``device`` may now run in reduced precision:
+    under ``torch.autocast``, or with float32 matrix products allowed below full
+    precision (``torch.set_float32_matmul_precision('high')``: TF32 on GPUs;
+    ``'medium'``: bfloat16 too, on CPUs that have it).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skkfac.curvature.precision import reduced_precision_active
+    >>> cpu = torch.device("cpu")
+    >>> with full_precision(cpu):
+    ...     reduced_precision_active(cpu)
+    False
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     reduced_precision_active(cpu)
+    True
+    """
+    return (torch.is_autocast_enabled(device.type)
+            or torch.get_float32_matmul_precision() != "highest")
 
 
 #: ``precondition_precision`` values (see :func:`preconditioning_dtype`).

@@ -33,6 +33,9 @@ class CurvatureRows(NamedTuple):
     output: torch.Tensor
     #: Sample weights of the rows (``None``: unweighted, every weight 1).
     weight: torch.Tensor | None = None
+    #: Whether that forward pass was made in the curvature's precision (not under
+    #: autocast, TF32 or bfloat16 matmuls, nor by a low-precision network).
+    exact: bool = True
 
 
 class QuadraticModel(NamedTuple):
@@ -60,7 +63,8 @@ def concatenate_rows(rows: list[CurvatureRows]) -> CurvatureRows:
                             else r.weight.to(r.output.dtype) for r in rows])
     return CurvatureRows(torch.cat([r.X for r in rows]), torch.cat([r.y for r in rows]),
                          [torch.cat(layer) for layer in zip(*(r.inputs for r in rows))],
-                         torch.cat([r.output for r in rows]), weight)
+                         torch.cat([r.output for r in rows]), weight,
+                         all(r.exact for r in rows))
 
 
 def inner(xs, ys) -> torch.Tensor:
@@ -104,6 +108,23 @@ class GaussNewtonModel:
         #: Whether :func:`skkfac.nn.linear_jvp` computes the products from the recorded
         #: layer inputs (else ``torch.func.jvp`` with a forward pass per tangent set).
         self.fast_jvp = supports_fast_jvp(model)
+
+    def in_full_precision(self, batch: CurvatureRows) -> CurvatureRows:
+        """``batch`` itself when its forward pass was exact, else the same rows evaluated
+        again at the current weights in the curvature's precision (call it under
+        :func:`~skkfac.curvature.precision.full_precision`).
+
+        A step is judged by comparing the loss before it, the model's gradient and
+        Fisher terms, and the loss after it (always a fresh full-precision pass): all of
+        them must come from the same arithmetic, or the rounding of a bfloat16 or TF32
+        forward pass shows up in ``ρ`` and in the rejection test as a loss change.
+        """
+        if batch.exact:
+            return batch
+        inputs = [] if self.fast_jvp else None
+        output = forward_in(self.model, batch.X, self.dtype, inputs=inputs)
+        return batch._replace(inputs=batch.inputs if inputs is None else inputs,
+                              output=output, exact=True)
 
     def batch_loss(self, batch: CurvatureRows, fresh: bool = False) -> torch.Tensor:
         """Mean loss on ``batch`` (weighted by its rows' weights) plus the L2 penalty, in

@@ -32,5 +32,5 @@ class MLPEstimator(BaseKFACEstimator):
                  n_iter_no_change=10, early_stopping="auto", validation_fraction=0.1,
                  shuffle=True, eval_every=None, eval_interval=None, random_state=None,
                  verbose=False, callbacks=None, warm_start=False, device="auto",
-                 dtype="float32", n_threads=None):
+                 dtype="float32", precision="float32", n_threads=None):
         store_parameters(self, locals())

@@ -68,7 +68,7 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
                  n_iter_no_change=10, early_stopping="auto", validation_fraction=0.1,
                  shuffle=True, eval_every=None, eval_interval=None, random_state=None,
                  verbose=False, callbacks=None, warm_start=False, device="auto",
-                 dtype="float32", n_threads=None):
+                 dtype="float32", precision="float32", n_threads=None):
         store_parameters(self, locals())
 
     def _layer_sizes(self):

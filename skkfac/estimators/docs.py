@@ -201,7 +201,8 @@ def _solver_entry(parameter) -> tuple[str, str]:
     else:
         hyper = next(iter(declarations.values()))
         solvers = " or ".join(f"``solver={s!r}``" for s in declarations)
-        text = f"{hyper.doc} Only used with {solvers}."
+        text = hyper.doc if set(declarations) == set(SOLVERS) else (
+            f"{hyper.doc} Only used with {solvers}.")
     return type_line, text
 
 

@@ -8,6 +8,7 @@ import torch
 from sklearn.utils._param_validation import Interval
 
 from skkfac.solvers.base import TorchOptimizerSolver
+from skkfac.solvers.mixed_precision import PRECISION
 from skkfac.solvers.spec import Hyperparameter, register_solver
 
 _UNIT_INTERVAL = [Interval(Real, 0, 1, closed="left")]
@@ -36,6 +37,8 @@ class Adam(TorchOptimizerSolver):
         Added to the square root of the second moment (numerical stability).
     alpha : float, default=0.0
         L2 penalty on the weights (see :class:`skkfac.solvers.Solver`).
+    precision : {'float32', 'bf16-mixed', 'auto'}, default='float32'
+        Precision of the training passes (:data:`~skkfac.solvers.mixed_precision.PRECISION`).
 
     Examples
     --------
@@ -65,12 +68,13 @@ class Adam(TorchOptimizerSolver):
                        "Adam's decay rate of the running mean of the squared gradient."),
         Hyperparameter("epsilon", 1e-8, [Interval(Real, 0, None, closed="neither")],
                        "Added to the root of Adam's second moment, for stability."),
+        PRECISION,
     )
     auto_batch_size = 200  # scikit-learn's MLP: min(200, n_samples)
 
     def __init__(self, model, loss="squared_error", *, lr=0.001, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, alpha=0.0):
-        super().__init__(model, loss, alpha=alpha)
+                 epsilon=1e-8, alpha=0.0, precision="float32"):
+        super().__init__(model, loss, alpha=alpha, precision=precision)
         self.check_hyperparameters(lr=lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(beta_1, beta_2),
                                           eps=epsilon)

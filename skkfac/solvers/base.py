@@ -4,10 +4,11 @@ A solver sees training as ``accumulate(X, y)`` called on one or more micro-batch
 then ``step()``, which returns a :class:`~skkfac.solvers.spec.StepReport`. Gradients
 (and, for K-FAC, curvature statistics) are *summed* over examples while accumulating and
 divided by the example count in ``step``, so an artificial batch made of several
-micro-batches gives exactly the update of the concatenated batch. With
-``accumulate(X, y, sample_weight)`` the sums are weighted and the divisor is the sum of
-the weights: the objective is the weighted mean loss ``Σ wᵢ ℓᵢ / Σ wᵢ``, and an integer
-weight is the same as repeating the row.
+micro-batches gives exactly the update of the concatenated batch (under
+``precision='bf16-mixed'``, up to the bfloat16 rounding of each micro-batch's gradient).
+With ``accumulate(X, y, sample_weight)`` the sums are weighted and the divisor is the sum
+of the weights: the objective is the weighted mean loss ``Σ wᵢ ℓᵢ / Σ wᵢ``, and an
+integer weight is the same as repeating the row.
 
 :class:`TorchOptimizerSolver` adapts any ``torch.optim`` optimizer to this interface
 (SGD and Adam are declarations on top of it).
@@ -23,8 +24,10 @@ import torch._dynamo  # for its side effect, see below
 from sklearn.utils._param_validation import validate_parameter_constraints
 from torch import nn
 
+from skkfac.curvature.precision import reduced_precision_active
 from skkfac.losses import get_loss
 from skkfac.nn import linear_layers
+from skkfac.solvers.mixed_precision import resolve_precision, training_autocast
 from skkfac.solvers.spec import Hyperparameter, StepReport
 
 # torch.optim.Optimizer imports torch._dynamo the first time an optimizer is built: about
@@ -44,6 +47,8 @@ class Solver:
     alpha : float
         L2 penalty: the objective gains ``alpha / 2 * sum(W**2)`` over the weight
         matrices (biases are not penalised).
+    precision : {'float32', 'bf16-mixed', 'auto'}, default='float32'
+        Precision of the training passes (:mod:`skkfac.solvers.mixed_precision`).
     """
 
     #: The name it is registered under (set by :func:`~skkfac.solvers.spec.register_solver`).
@@ -76,8 +81,12 @@ class Solver:
     #: Total weight accumulated since the last step, once a weighted micro-batch came
     #: (``None`` before: see :attr:`weight_accumulated`).
     _weight_total: float | None = None
+    #: ``precision`` resolved: ``'float32'`` (the network's dtype) or ``'bf16-mixed'``
+    #: (a class default for solvers pickled before it existed).
+    training_precision: str = "float32"
 
-    def __init__(self, model: nn.Module, loss="squared_error", *, alpha: float = 0.0):
+    def __init__(self, model: nn.Module, loss="squared_error", *, alpha: float = 0.0,
+                 precision: str = "float32"):
         self.model = model
         self.loss = get_loss(loss)
         self.alpha = float(alpha)
@@ -86,6 +95,9 @@ class Solver:
             raise ValueError("The model has no nn.Linear layer to train.")
         _check_only_linear_layers_train(model, self.layers)
         self.params = [p for layer in self.layers for p in layer.parameters()]
+        self.precision = precision
+        self.training_precision = resolve_precision(precision, self.params[0].dtype,
+                                                    type(self).__name__)
         #: Rows accumulated since the last step.
         self.n_accumulated = 0
         self.phase_times: dict[str, float] = {}
@@ -97,6 +109,21 @@ class Solver:
         return self.auto_batch_size
 
     # -- accumulation --------------------------------------------------------------
+    def _forward(self, model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+        """``model(X)`` in the training precision, returned in the weights' dtype: under
+        bf16-mixed the output is cast to float32, so that the loss (computed outside
+        autocast) is float32. The backward pass is made outside autocast too (as PyTorch
+        advises); it runs in the dtypes the forward pass chose."""
+        with training_autocast(self.training_precision, self.params[0].device):
+            output = model(X)
+        return output.to(self.params[0].dtype)
+
+    def forward_is_exact(self) -> bool:
+        """Whether training forward passes now run in the weights' full precision (not
+        under ``'bf16-mixed'``, autocast, TF32 or reduced-precision float32 matmuls)."""
+        return (self.training_precision == "float32"
+                and not reduced_precision_active(self.params[0].device))
+
     def accumulate(self, X: torch.Tensor, y: torch.Tensor,
                    sample_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Forward and backward on one micro-batch; returns the summed loss (detached).
@@ -118,7 +145,7 @@ class Solver:
         """
         weight = self._check_sample_weight(sample_weight, X)
         total = None if weight is None else weight_sums(weight)[-1]
-        output = self.model(X)
+        output = self._forward(self.model, X)
         loss_sum = weighted_sum(self.loss.per_example(output, y), weight)
         loss_sum.backward()
         self._count(X.shape[0], total)
@@ -257,6 +284,11 @@ class TorchOptimizerSolver(Solver):
 _ZERO_WEIGHT_MESSAGE = (
     "Every row accumulated for this update has sample_weight 0: the weighted mean loss "
     "is undefined. What was accumulated is dropped; accumulate rows of positive weight.")
+
+
+def rows_of(weight: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+    """The weights of rows ``start:stop`` (``None`` without weights)."""
+    return None if weight is None else weight[start:stop]
 
 
 def weighted_sum(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:

@@ -36,7 +36,7 @@ from skkfac.curvature.precision import full_precision
 from skkfac.curvature.quadratic import GaussNewtonModel
 from skkfac.curvature.reductions import Reductions
 from skkfac.distributed import Communicator
-from skkfac.solvers.base import Solver, copy_tensors, weight_sums, weighted_sum
+from skkfac.solvers.base import Solver, copy_tensors, rows_of, weight_sums, weighted_sum
 from skkfac.solvers.kfac_parameters import (
     HYPERPARAMETERS,
     INTERNAL_HYPERPARAMETERS,
@@ -123,8 +123,8 @@ class KFAC(Solver, torch.optim.Optimizer):
                  momentum_rate=1.0, momentum_max=0.6, momentum=None,
                  momentum_type="heavy_ball", inv_update_freq=10,
                  fisher="sampled", curvature_batch_size=128, precondition_precision="auto",
-                 rejection_ratio=2.0, alpha=0.0, random_state=None, process_group=None,
-                 distribute_inverses=True):
+                 precision="float32", rejection_ratio=2.0, alpha=0.0, random_state=None,
+                 process_group=None, distribute_inverses=True):
         # data-parallel: a DistributedDataParallel wrapper only runs accumulate's
         # forward passes (its backward averages the gradients); K-FAC's own forward
         # passes use the wrapped network, outside DDP's bookkeeping.
@@ -133,7 +133,7 @@ class KFAC(Solver, torch.optim.Optimizer):
             model, torch.nn.parallel.DistributedDataParallel)
         if self._gradients_averaged:
             model = model.module
-        Solver.__init__(self, model, loss, alpha=alpha)
+        Solver.__init__(self, model, loss, alpha=alpha, precision=precision)
         defaults = dict(lr=lr, damping=damping, damping_scheme=damping_scheme,
                         adapt_damping=adapt_damping,
                         damping_adapt_interval=damping_adapt_interval,
@@ -322,30 +322,32 @@ class KFAC(Solver, torch.optim.Optimizer):
         n_curvature = curvature.rows_wanted(n)
         weight = self._check_sample_weight(sample_weight, X)
         totals = (None, None) if weight is None else weight_sums(weight, n_curvature)
+        exact = self.forward_is_exact()  # else the step re-evaluates the rows it judges on
         keep_rows = curvature.keep_gradient_rows(self.n_accumulated + n)
         chunks = []  # (inputs, outputs) of the forward passes whose rows are kept
         with self.timer.phase("forward_backward"):
             loss_sum = None
             if n_curvature:
                 with curvature.capture() as (inputs, outputs):
-                    output = self._train_model(X[:n_curvature])
+                    output = self._forward(self._train_model, X[:n_curvature])
                 loss_sum = weighted_sum(self.loss.per_example(output, y[:n_curvature]),
-                                        _rows(weight, 0, n_curvature))
+                                        rows_of(weight, 0, n_curvature))
                 if keep_rows:
                     chunks.append((list(inputs), list(outputs)))
             if n_curvature < n:
                 capture = curvature.capture() if keep_rows else nullcontext(([], []))
                 with capture as (rest_inputs, rest_outputs):
-                    rest_output = self._train_model(X[n_curvature:])
+                    rest_output = self._forward(self._train_model, X[n_curvature:])
                 rest = weighted_sum(self.loss.per_example(rest_output, y[n_curvature:]),
-                                    _rows(weight, n_curvature, n))
+                                    rows_of(weight, n_curvature, n))
                 loss_sum = rest if loss_sum is None else loss_sum + rest
                 if keep_rows:
                     chunks.append((rest_inputs, rest_outputs))
         if n_curvature:
             with self.timer.phase("statistics"):
                 curvature.add_statistics(X[:n_curvature], y[:n_curvature], output, inputs,
-                                         outputs, _rows(weight, 0, n_curvature), totals[0])
+                                         outputs, rows_of(weight, 0, n_curvature), totals[0],
+                                         exact=exact)
             outputs.clear()
         for chunk_inputs, chunk_outputs in chunks:  # after the statistics' own backward
             curvature.watch_gradients(chunk_inputs, chunk_outputs)
@@ -479,7 +481,8 @@ class KFAC(Solver, torch.optim.Optimizer):
         hyper, shared = self.hyper, self._shared
         adapt = (hyper["adapt_damping"] and hyper["damping_scheme"] != "max_norm"
                  and k % hyper["damping_adapt_interval"] == 0)
-        batch = self.curvature.batch()
+        # ρ and the rejection test compare terms of one full-precision pass over the rows.
+        batch = self.quadratic.in_full_precision(self.curvature.batch())
         model = None
         if hyper["adaptive_step"]:
             previous = [self._layer_state(i, "previous_step") for i in range(len(self.layers))]
@@ -586,11 +589,6 @@ class KFAC(Solver, torch.optim.Optimizer):
             self.state[layer.weight].pop("previous_step", None)
         shared["refresh"] = torch.ones((), dtype=torch.bool, device=self.device)
         self.curvature.forget_published_flag()
-
-
-def _rows(weight: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
-    """The weights of rows ``start:stop`` (``None`` without weights)."""
-    return None if weight is None else weight[start:stop]
 
 
 #: A loss increase below this many machine epsilons is rounding noise, never a reason to

@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from skkfac.curvature import DAMPING_SCHEMES, STAT_DECAY_SCHEDULES
 from skkfac.curvature.precision import PRECONDITION_PRECISIONS
+from skkfac.solvers.mixed_precision import PRECISION
 from skkfac.solvers.spec import Hyperparameter
 
 FISHER_TYPES = ("sampled", "exact", "empirical")
@@ -142,6 +143,7 @@ HYPERPARAMETERS = (
         "model, ``ρ`` and the rejection test are computed for the direction actually "
         "taken, in full precision (``docs/user_guide/kfac.rst``, \"What an update "
         "costs\")."),
+    PRECISION,
     Hyperparameter(
         "rejection_ratio", 2.0, [None, Interval(Real, 1, None, closed="left")],
         "Undo a K-FAC update after which the loss on the curvature rows is more than "

@@ -8,6 +8,7 @@ import torch
 from sklearn.utils._param_validation import Interval
 
 from skkfac.solvers.base import TorchOptimizerSolver
+from skkfac.solvers.mixed_precision import PRECISION
 from skkfac.solvers.spec import Hyperparameter, register_solver
 
 
@@ -29,6 +30,8 @@ class NesterovSGD(TorchOptimizerSolver):
         Nesterov's look-ahead momentum (requires ``momentum > 0``).
     alpha : float, default=0.0
         L2 penalty on the weights (see :class:`skkfac.solvers.Solver`).
+    precision : {'float32', 'bf16-mixed', 'auto'}, default='float32'
+        Precision of the training passes (:data:`~skkfac.solvers.mixed_precision.PRECISION`).
 
     Examples
     --------
@@ -57,13 +60,14 @@ class NesterovSGD(TorchOptimizerSolver):
                        "Momentum of the SGD update."),
         Hyperparameter("nesterov", True, ["boolean"], "Use Nesterov's momentum (SGD).",
                        estimator_name="nesterovs_momentum"),
+        PRECISION,
     )
     auto_batch_size = 200
     momentum_option = "momentum"
 
     def __init__(self, model, loss="squared_error", *, lr=0.01, momentum=0.9,
-                 nesterov=True, alpha=0.0):
-        super().__init__(model, loss, alpha=alpha)
+                 nesterov=True, alpha=0.0, precision="float32"):
+        super().__init__(model, loss, alpha=alpha, precision=precision)
         self.check_hyperparameters(lr=lr, momentum=momentum, nesterov=nesterov)
         self.optimizer = torch.optim.SGD(self.params, lr=lr, momentum=momentum,
                                          nesterov=bool(nesterov and momentum > 0))
