@@ -341,3 +341,48 @@ def test_benchmark_scripts_take_their_arguments_from_the_cli(capsys):
         main(["step-cost", "--help"])
     assert exit_info.value.code == 0
     assert "python -m benchmarks step-cost" in capsys.readouterr().out
+
+
+def test_package_modules_form_no_import_cycle():
+    """Among skkfac's modules, counting imports inside functions: each layer uses the
+    ones below it only (a module importing its own package's ``__init__`` does not count
+    as a cycle of the package with itself)."""
+    import ast
+    from pathlib import Path
+
+    import skkfac
+
+    root = Path(skkfac.__file__).resolve().parent
+    modules = {".".join(("skkfac", *path.relative_to(root).with_suffix("").parts))
+               .removesuffix(".__init__"): path for path in root.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative import
+                    base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
+                                    + ([node.module] if node.module else []))
+                for alias in node.names:
+                    full = f"{base}.{alias.name}"
+                    targets.add(full if full in modules else base)
+            elif isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+        graph[name] = {t for t in targets if t in modules and t != name}
+
+    def cycle_from(start):
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start and not start.startswith(nxt + "."):
+                    return path
+                if nxt not in seen and not nxt.startswith(start + ".") and not start.startswith(nxt + "."):
+                    seen.add(nxt)
+                    stack.append((nxt, (*path, nxt)))
+        return None
+
+    cycles = {name: cycle_from(name) for name in graph}
+    assert not {name: path for name, path in cycles.items() if path}
