@@ -10,10 +10,12 @@
 #   env.txt        machine, versions, GPU; proof that `import skkfac` needs no skopt
 #   tests.txt      pytest: tests/test_cuda.py (devices, CUDA->CPU pickle, host syncs,
 #                  K-FAC vs SGD cost on the autoencoder, TF32), tests/test_cuda_exact.py (the
-#                  exactness tests on the GPU), tests/test_devices.py, tests/test_kfac_exact.py
+#                  exactness tests on the GPU), tests/test_devices.py, tests/test_kfac_exact.py,
+#                  tests/test_mixed_precision.py (bf16-mixed: rho on exact problems, state)
 #   syncs.txt      the measurements printed by tests/test_cuda.py: host synchronisations
 #                  per update, K-FAC/SGD cost, factor error with TF32 allowed
-#   step_cost.txt  benchmarks/step_cost.py on the GPU (seconds per update, phases, memory)
+#   step_cost.txt  benchmarks/step_cost.py on the GPU (seconds per update, phases, memory),
+#                  float32 and bf16-mixed
 #   status.txt     exit status of each step
 # Each step has its own time limit; a failing step does not stop the others.
 set -u
@@ -64,9 +66,10 @@ if [ "$device" = cuda ] && ! "$python" -c "import torch; assert torch.cuda.is_av
 fi
 
 step pytest 270 tests.txt "$python" -m pytest -q -p no:cacheprovider -rs --durations=10 \
-    tests/test_cuda.py tests/test_cuda_exact.py tests/test_devices.py tests/test_kfac_exact.py
+    tests/test_cuda.py tests/test_cuda_exact.py tests/test_devices.py tests/test_kfac_exact.py \
+    tests/test_mixed_precision.py
 grep -E "^\[(sync|cost|precision)\]" "$out/tests.txt" >"$out/syncs.txt"
 
 step step_cost 150 step_cost.txt "$python" -m benchmarks step-cost --device "$device" \
-    --batch-sizes $batches --repeats "$repeats"
+    --batch-sizes $batches --repeats "$repeats" --precision float32 bf16-mixed
 ! grep -qv ": exit 0 in" "$out/status.txt"
