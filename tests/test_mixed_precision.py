@@ -13,6 +13,7 @@ from sklearn.datasets import make_regression
 from torch import nn
 
 from skkfac import KFAC, KFACAutoencoder, KFACClassifier, KFACRegressor
+from skkfac.curvature.precision import has_bfloat16_matmul
 from skkfac.nn import build_mlp
 from skkfac.solvers import SOLVERS, Adam, NesterovSGD
 from skkfac.solvers.mixed_precision import PRECISION
@@ -180,7 +181,19 @@ def test_classifier_and_autoencoder_take_precision():
                          random_state=0)
     with pytest.warns(Warning):
         ae.fit(X / np.abs(X).max())
-    assert ae.solver_.precision == "auto" and ae.solver_.training_precision == "float32"
+    # 'auto': bf16-mixed where the CPU has bfloat16 matrix units, float32 elsewhere.
+    expected = "bf16-mixed" if has_bfloat16_matmul(torch.device("cpu")) else "float32"
+    assert ae.solver_.precision == "auto" and ae.solver_.training_precision == expected
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    import skkfac.solvers.mixed_precision as mixed
+
+    model = build_mlp(3, (4,), 2)
+    for fast, expected in ((True, "bf16-mixed"), (False, "float32")):
+        monkeypatch.setattr(mixed, "has_bfloat16_matmul", lambda device, fast=fast: fast)
+        for cls in (KFAC, NesterovSGD, Adam):
+            assert cls(model, precision="auto").training_precision == expected
 
 
 def test_float64_network_refuses_bf16_mixed():

@@ -97,7 +97,8 @@ class Solver:
         self.params = [p for layer in self.layers for p in layer.parameters()]
         self.precision = precision
         self.training_precision = resolve_precision(precision, self.params[0].dtype,
-                                                    type(self).__name__)
+                                                    type(self).__name__,
+                                                    self.params[0].device)
         #: Rows accumulated since the last step.
         self.n_accumulated = 0
         self.phase_times: dict[str, float] = {}
