@@ -55,7 +55,6 @@ import numpy as np
 from benchmarks.defaults_report import machine_header, write_results
 from benchmarks.records import CsvLog, check_settings, log
 from benchmarks.solvers import registered_solvers
-from skkfac.study import STUDY_KFAC
 from benchmarks.tabular import (
     BUNDLED_ROWS,
     BUNDLED_SETS,
@@ -68,6 +67,7 @@ from benchmarks.tabular import (
     tabular_methods,
     timed_fit,
 )
+from skkfac.study import STUDY_KFAC
 
 RUN_COLUMNS = ["cell", "kind", "method", "seed", "score", "score_name", "higher_is_better",
                "eval_loss", "fit_seconds", "updates", "stop_reason", "max_eval_jump",

@@ -73,7 +73,7 @@ def main(argv=None) -> None:
     print(f"# median over {args.seeds} splits of the test score (R² for regression, "
           "accuracy for classification) and of the fit seconds, K-FAC at its defaults "
           "with early_stopping =")
-    print(f"{'set':<14}" + "".join(f"{str(s):>18}" for s in SETTINGS))
+    print(f"{'set':<14}" + "".join(f"{s!s:>18}" for s in SETTINGS))
     print("\n".join(lines))
 
 

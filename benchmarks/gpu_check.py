@@ -85,10 +85,7 @@ def _run(problem, data, solver: str, params: dict, *, max_time: float, device: s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            if data.y_full is None:
-                estimator.fit(data.X_full)
-            else:
-                estimator.fit(data.X_full, data.y_full)
+            problem.fit_all(estimator, data)
             test = problem.loss(estimator, data.X_test, data.y_test)
             train = problem.loss(estimator, data.X_full, data.y_full)
             accuracy = problem.accuracy(estimator, data.X_test, data.y_test)

@@ -29,7 +29,6 @@ def run_precision(problem_name: str, *, data_home=None, budget: float = 60.0,
     if layers:
         problem = replace(problem, layers=tuple(layers))
     data = problem.load(data_home)
-    kind = "test accuracy" if problem.is_classifier else "test loss"
     lines = []
     for solver in registered_solvers():
         for seed in range(seeds):
@@ -37,13 +36,7 @@ def run_precision(problem_name: str, *, data_home=None, budget: float = 60.0,
                 estimator = problem.make_estimator(solver, max_time=budget,
                                                    random_state=seed, n_threads=threads,
                                                    precision=precision)
-                if data.y_full is None:
-                    estimator.fit(data.X_full)
-                else:
-                    estimator.fit(data.X_full, data.y_full)
-                score = (problem.accuracy(estimator, data.X_test, data.y_test)
-                         if problem.is_classifier
-                         else problem.loss(estimator, data.X_test, data.y_test))
+                score, kind = problem.test_score(problem.fit_all(estimator, data), data)
                 line = (f"{problem_name} {label(solver):<13} seed {seed} {precision:<10} "
                         f"{kind} {score:.5g}  updates {estimator.n_updates_}  "
                         f"load {os.getloadavg()[0]:.2f}")

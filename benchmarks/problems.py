@@ -143,7 +143,21 @@ class Problem:
             return KFACRegressor(hidden_layer_sizes=self.layers, **kwargs)
         return KFACClassifier(hidden_layer_sizes=self.layers, **kwargs)
 
+    def fit_all(self, estimator, data: Data):
+        """Fit ``estimator`` on every training row of ``data`` (inputs only for an
+        autoencoder); returns it."""
+        if data.y_full is None:
+            return estimator.fit(data.X_full)
+        return estimator.fit(data.X_full, data.y_full)
+
     # -- metrics -------------------------------------------------------------------------
+    def test_score(self, estimator, data: Data) -> tuple[float, str]:
+        """The headline test score and its name: accuracy for classification (higher is
+        better), else the test loss of :meth:`loss` (lower is better)."""
+        if self.is_classifier:
+            return self.accuracy(estimator, data.X_test, data.y_test), "test accuracy"
+        return self.loss(estimator, data.X_test, data.y_test), "test loss"
+
     def loss(self, estimator, X, y=None) -> float:
         """The test loss the study reports (lower is better)."""
         if self.kind == "autoencoder":

@@ -72,9 +72,9 @@ def ablation_losses(X, X_test, arguments: dict | None, biases: bool, seed: int,
     (``arguments=None``: KFAC's defaults)."""
     import torch
 
+    from benchmarks.problems import MNIST_ENCODER
     from skkfac import KFAC
     from skkfac.nn import build_mlp
-    from benchmarks.problems import MNIST_ENCODER
 
     generator = torch.Generator().manual_seed(seed)
     encoder = tuple(encoder or MNIST_ENCODER)
@@ -151,17 +151,11 @@ def run_budget(data_home=None, seeds: int = 2, threads: int = 2, progress=print,
             estimator = problem.make_estimator(params.pop("solver"), **params,
                                                max_time=seconds, random_state=seed,
                                                n_threads=threads)
-            if data.y_full is None:
-                estimator.fit(data.X_full)
-            else:
-                estimator.fit(data.X_full, data.y_full)
-            score = (problem.accuracy(estimator, data.X_test, data.y_test)
-                     if problem.is_classifier else
-                     problem.loss(estimator, data.X_test, data.y_test))
-            kind = "test accuracy" if problem.is_classifier else "test MSE"
-            line = (f"{name} seed {seed}: {estimator.n_updates_} updates in "
-                    f"{estimator.train_time_:.1f} s ({estimator.train_time_ / max(estimator.n_updates_, 1):.2f} "
-                    f"s/update), {kind} {score:.4g}; study ({STUDY_TABLES[name]['budget']}): "
+            score, kind = problem.test_score(problem.fit_all(estimator, data), data)
+            updates, seconds = estimator.n_updates_, estimator.train_time_
+            line = (f"{name} seed {seed}: {updates} updates in {seconds:.1f} s "
+                    f"({seconds / max(updates, 1):.2f} s/update), {kind} {score:.4g}; "
+                    f"study ({STUDY_TABLES[name]['budget']}): "
                     f"test loss {STUDY_TABLES[name]['kfac']['loss']}")
             progress(line)
             lines.append(line)

@@ -339,8 +339,8 @@ def fit_data_parallel(estimator, X, y=None, *, n_processes: int = 2, backend=Non
     ``curvature_batch_size``) stay those of the whole update: each rank takes
     ``1/n_processes`` of every batch, so the updates are those of one process on the
     whole batch (up to round-off, and to which rows meet in a batch). The batch sizes
-    must be multiples of ``n_processes``; ``curvature_batch_size`` is rounded up to one. ``max_time`` is
-    the slowest rank's training time: the ranks stop together.
+    must be multiples of ``n_processes``; ``curvature_batch_size`` is rounded up to one.
+    ``max_time`` is the slowest rank's training time: the ranks stop together.
 
     Parameters
     ----------

@@ -563,8 +563,8 @@ def test_study_benchmark_with_fixture_data(tmp_path):
         layers={"mnist_ae": (8, 4), "cifar10": (4,)})
     text = ablation.read_text()
     assert "# cpu:" in text and "# load_start:" in text
-    for label, _, _ in VARIANTS:
-        assert label in text
+    for variant, _, _ in VARIANTS:
+        assert variant in text
     assert text.count("after 8:") == len(VARIANTS)
     text = budget.read_text()
     for name in BUDGET_PROBLEMS:

@@ -17,7 +17,7 @@ from skkfac.solvers import get_solver
 @pytest.mark.parametrize("solver", ["kfac", "sgd", "adam"])
 def test_parameters_outside_linear_layers_are_refused(extra, solver):
     model = nn.Sequential(nn.Linear(4, 8), extra(), nn.Linear(8, 2))
-    with pytest.raises(ValueError, match="outside its nn.Linear layers.*1\\."):
+    with pytest.raises(ValueError, match=r"outside its nn\.Linear layers.*1\."):
         get_solver(solver)(model, "squared_error")
 
 

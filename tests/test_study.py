@@ -78,7 +78,7 @@ def _buffers(momentum_type, updates=6):
 
 def test_averaged_momentum_is_a_running_average_of_the_directions():
     average_steps, average = _buffers("average")
-    heavy_steps, heavy = _buffers("heavy_ball")
+    _, heavy = _buffers("heavy_ball")
     # The first update starts from the same weights: v = (1 - μ) Δ against v = Δ.
     torch.testing.assert_close(average[0], 0.1 * heavy[0])
     for step, buffer in zip(average_steps, average):

@@ -92,8 +92,8 @@ def preconditioning_dtype(precision: str, curvature_dtype: torch.dtype,
 
     ``'full'``: ``curvature_dtype``; ``'bfloat16'``: bfloat16; ``'auto'``: bfloat16 for a
     float32 curvature on a device with bfloat16 matrix units (:func:`has_bfloat16_matmul`),
-    where the products are faster (``docs/user_guide/kfac.rst``); else ``curvature_dtype`` (a float64
-    network asks for precision, and emulated bfloat16 is slower than float32).
+    where the products are faster (``docs/user_guide/kfac.rst``); else ``curvature_dtype``
+    (a float64 network asks for precision, and emulated bfloat16 is slower than float32).
 
     Examples
     --------

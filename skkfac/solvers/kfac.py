@@ -11,9 +11,10 @@ Usable in two ways:
           opt.step()
 
 ``accumulate`` may be called on several micro-batches before one ``step`` (the study's
-artificial batch size): the update equals the one of the concatenated batch. This module orchestrates an update (damping, step, acceptance, momentum, state); the
-Kronecker factors are :class:`~skkfac.curvature.estimator.CurvatureEstimator`'s and the
-exact quadratic model :class:`~skkfac.curvature.quadratic.GaussNewtonModel`'s.
+artificial batch size): the update equals the one of the concatenated batch. This module
+orchestrates an update (damping, step, acceptance, momentum, state); the Kronecker
+factors are :class:`~skkfac.curvature.estimator.CurvatureEstimator`'s and the exact
+quadratic model :class:`~skkfac.curvature.quadratic.GaussNewtonModel`'s.
 """
 
 from __future__ import annotations
