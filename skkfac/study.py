@@ -47,12 +47,13 @@ from types import MappingProxyType
 #:   (the study's eq. 54), so it never exceeds ``lr`` per coordinate;
 #: * ``rejection_ratio=None``: no test undoes a step after which the loss grew (only a
 #:   non-finite loss is undone);
-#: * ``precondition_precision='full'``: the study computed in float32.
+#: * ``precondition_precision='full'``: the study computed in float32;
+#: * ``alpha=0.0``: it trained without an L2 penalty (the estimators' ``'auto'`` adds one).
 STUDY_KFAC = MappingProxyType({
     "damping_scheme": "max_norm", "adaptive_step": False, "damping": 0.0,
     "adapt_damping": False, "inv_update_freq": 1, "curvature_batch_size": None,
     "momentum_type": "average", "stat_decay": "linear", "rejection_ratio": None,
-    "precondition_precision": "full",
+    "precondition_precision": "full", "alpha": 0.0,
 })
 
 #: The best configuration of each solver in the study's Tables 1-3 (estimator parameter

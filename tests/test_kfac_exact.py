@@ -190,7 +190,7 @@ def test_one_undamped_full_batch_step_solves_least_squares(n_outputs):
     y = X @ rng.randn(4, n_outputs) + 0.5 + 0.1 * rng.randn(40, n_outputs)
     y = y.ravel() if n_outputs == 1 else y
     reg = KFACRegressor(hidden_layer_sizes=(), solver="kfac", learning_rate_init=1.0,
-                        damping=1e-12, damping_scheme="eigen", adapt_damping=False,
+                        alpha=0.0, damping=1e-12, damping_scheme="eigen", adapt_damping=False,
                         kl_clip=None, fisher="exact", batch_size=40, max_iter=1,
                         dtype="float64", random_state=0,
                         device=str(torch.get_default_device()))

@@ -19,7 +19,7 @@ class MLPEstimator(BaseKFACEstimator):
     }
 
     def __init__(self, hidden_layer_sizes=(100,), activation="tanh", *, solver="kfac",
-                 alpha=0.0, batch_size="auto", artificial_batch_size=None,
+                 alpha="auto", batch_size="auto", artificial_batch_size=None,
                  learning_rate_init=None, momentum=0.9, nesterovs_momentum=True,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  damping=0.1, damping_scheme="tikhonov", adapt_damping=True,

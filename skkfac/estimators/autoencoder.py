@@ -55,7 +55,7 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
     _network_parameters = ("encoder_layer_sizes", "activation", "dtype")
 
     def __init__(self, encoder_layer_sizes=(1000, 500, 250, 30), activation="tanh", *,
-                 solver="kfac", alpha=0.0, batch_size="auto", artificial_batch_size=None,
+                 solver="kfac", alpha="auto", batch_size="auto", artificial_batch_size=None,
                  learning_rate_init=None, momentum=0.9, nesterovs_momentum=True,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  damping=0.1, damping_scheme="tikhonov", adapt_damping=True,

@@ -33,6 +33,7 @@ from skkfac.estimators._checks import (
     check_representable,
     check_same_network,
 )
+from skkfac.estimators._regularisation import automatic_alpha
 from skkfac.estimators._transaction import fit_transaction
 from skkfac.losses import get_loss
 from skkfac.nn import ACTIVATIONS, build_mlp
@@ -62,7 +63,7 @@ class BaseKFACEstimator(BaseEstimator):
     _parameter_constraints: ClassVar[dict] = {
         "activation": [StrOptions(set(ACTIVATIONS))],
         "solver": [RegisteredSolver()],
-        "alpha": [Interval(Real, 0, None, closed="left")],
+        "alpha": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "artificial_batch_size": [None, Interval(Integral, 1, None, closed="left")],
         # The solvers' options, from their declarations (skkfac.solvers.spec).
@@ -149,8 +150,9 @@ class BaseKFACEstimator(BaseEstimator):
         probe = clone(self)
         X, y = probe._validate_training_data(X, y, reset=True)
         probe._learn_target_encoding(y)
-        probe._initialize(X.shape[1], probe._n_outputs(probe._encode_targets(y)),
-                          check_random_state(0))
+        y_encoded = probe._encode_targets(y)
+        probe.alpha_ = 0.0  # the solver's preferred batch does not depend on it
+        probe._initialize(X.shape[1], probe._n_outputs(y_encoded), check_random_state(0))
         return probe.set_params(batch_size="auto")._effective_batch_size(X.shape[0])
 
     def _early_stopping_enabled(self, y_encoded) -> bool:
@@ -214,7 +216,31 @@ class BaseKFACEstimator(BaseEstimator):
         arguments = solver_arguments(cls, self.get_params(deep=False))
         if cls.takes_random_state:  # K-FAC's sampled targets
             arguments["random_state"] = int(rng.randint(2**31 - 1))
-        return cls(self.model_, self._loss_name, alpha=self.alpha, **arguments)
+        return cls(self.model_, self._loss_name, alpha=self.alpha_, **arguments)
+
+    def _resolve_alpha(self, y_encoded, sample_weight, incremental: bool) -> float:
+        """``alpha``, with ``'auto'`` resolved for the training rows
+        (:func:`~skkfac.estimators._regularisation.automatic_alpha`, rows counted by
+        their weights; data-parallel, the ranks' rows together, so that every rank
+        trains the same objective). ``partial_fit`` does not know how many rows will
+        come: there ``'auto'`` is 0."""
+        if self.alpha != "auto":
+            return float(self.alpha)
+        if incremental:
+            return 0.0
+        return automatic_alpha(self._loss_name, y_encoded, sample_weight,
+                               total=self._sum_over_ranks)
+
+    def _sum_over_ranks(self, values: np.ndarray) -> np.ndarray:
+        """``values`` summed over the data-parallel ranks (themselves in one process)."""
+        if not _data_parallel():
+            return values
+        import torch.distributed as dist
+
+        summed = torch.as_tensor(values, dtype=torch.float64,
+                                 device=resolve_device(self.device))
+        dist.all_reduce(summed)
+        return summed.cpu().numpy()
 
     # -- fitting -----------------------------------------------------------------------------
     #: False for the autoencoder: its targets are its inputs.
@@ -265,6 +291,7 @@ class BaseKFACEstimator(BaseEstimator):
         if not first_fit:  # set_params may have changed it since the last fit
             self._follow_device()
         if first_fit:
+            self.alpha_ = self._resolve_alpha(y_encoded, sample_weight, incremental)
             self._initialize(X.shape[1], self._n_outputs(y_encoded), rng)
         else:
             if y_encoded.ndim == 2:
