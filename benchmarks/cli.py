@@ -14,9 +14,9 @@ Examples (from the repository root)::
 
 The single-question scripts run the same way, each with its own options (``--help``):
 ``python -m benchmarks step-cost``, ``damping``, ``ekfac``, ``head-to-head``,
-``early-stopping``, ``tiny-batches``, ``small-batch``, ``scaling``,
-``bf16-precondition``, ``protocol-summary`` and ``precision`` (float32 against
-bf16-mixed at equal time).
+``default-ablation`` (one K-FAC default varied on the tabular suite), ``tiny-batches``,
+``small-batch``, ``scaling``, ``bf16-precondition``, ``protocol-summary`` and
+``precision`` (float32 against bf16-mixed at equal time).
 
 Default budgets depend on the problem (``benchmarks/budgets.py``); every solver
 registered in ``skkfac.solvers.SOLVERS`` is searched and compared unless ``--solver``
@@ -237,7 +237,7 @@ def _budget(args):
 #: Sub-commands that are scripts of their own: name -> module of ``benchmarks`` whose
 #: ``main(argv)`` parses the remaining arguments.
 SCRIPTS = {"step-cost": "step_cost", "damping": "damping", "ekfac": "ekfac",
-           "head-to-head": "head_to_head", "early-stopping": "early_stopping",
+           "head-to-head": "head_to_head", "default-ablation": "default_ablation",
            "tiny-batches": "tiny_batches", "small-batch": "small_batch",
            "scaling": "scaling", "bf16-precondition": "bf16_precondition",
            "protocol-summary": "protocol_summary", "precision": "precision"}

@@ -6,7 +6,7 @@ SGD-Nesterov and Adam and the mean of K-FAC (over whole inversion periods, with
 its phase split and the share of time spent inverting — the study's Figure 3, right), the
 K-FAC/SGD ratio measured in the same run, and peak memory, in steady state (after
 ``--warmup`` updates). Synthetic learnable data (see
-:func:`batch_for`). ``--network cifar10`` times the study's CIFAR-10 classifier
+:func:`batches_for`). ``--network cifar10`` times the study's CIFAR-10 classifier
 (3072-3000-2000-1500-1000-250-10) instead of the MNIST autoencoder.
 
     python -m benchmarks step-cost [--batch-sizes 250 1000 4096 10000] [--repeats 7]
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import itertools
 import os
 import resource
 import statistics
@@ -47,10 +48,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_updates(solver, X, y, updates: int) -> list[float]:
-    """Wall time of each of ``updates`` accumulate + step calls (device work included)."""
+def timed_updates(solver, batches, updates: int) -> list[float]:
+    """Wall time of each of ``updates`` accumulate + step calls (device work included),
+    on the next batches of the iterator ``batches``."""
     times = []
     for _ in range(updates):
+        X, y = next(batches)
         synchronize(X.device)
         start = time.perf_counter()
         solver.accumulate(X, y)
@@ -66,21 +69,32 @@ def peak_memory_mib(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def batch_for(network: str, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch the network can learn from (so that updates are accepted and the inverses
-    are refreshed at their normal rate, as in training): for the autoencoder, images in
-    [0, 1] on a 30-dimensional manifold; for the classifier, the labels of a linear
-    teacher. Uniform noise instead made K-FAC reject updates and re-invert 3 times in 10
-    updates, which is not what an update costs in training."""
+#: Distinct batches each solver cycles through, as training draws new ones: on one batch
+#: repeated, K-FAC's loss fell fast enough for the damping to leave its band every few
+#: updates, and each departure re-inverted the factors (MNIST autoencoder, batch 1000:
+#: 0.049 s of inversion per update against 0.018 s in training on MNIST itself).
+N_BATCHES = 8
+
+
+def batches_for(network: str, batch: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:data:`N_BATCHES` batches the network can learn from (so that updates are accepted
+    and the inverses are refreshed at their normal rate, as in training), drawn from one
+    source: for the autoencoder, images in [0, 1] on a 30-dimensional manifold; for the
+    classifier, the labels of a linear teacher. Uniform noise instead made K-FAC reject
+    updates and re-invert 3 times in 10 updates, which is not what an update costs in
+    training."""
     n_inputs, _, n_outputs, loss = NETWORKS[network]
     generator = torch.Generator().manual_seed(0)
+    rows = batch * N_BATCHES
     if loss == "squared_error":
-        codes = torch.randn(batch, 30, generator=generator)
+        codes = torch.randn(rows, 30, generator=generator)
         X = torch.sigmoid(codes @ torch.randn(30, n_inputs, generator=generator))
-        return X.to(device), X.to(device)
-    X = torch.randn(batch, n_inputs, generator=generator)
-    y = (X @ torch.randn(n_inputs, n_outputs, generator=generator)).argmax(dim=1)
-    return X.to(device), y.to(device)
+        y = X
+    else:
+        X = torch.randn(rows, n_inputs, generator=generator)
+        y = (X @ torch.randn(n_inputs, n_outputs, generator=generator)).argmax(dim=1)
+    return [(X[i:i + batch].to(device), y[i:i + batch].to(device))
+            for i in range(0, rows, batch)]
 
 
 def main(argv=None):
@@ -123,11 +137,11 @@ def main(argv=None):
           f"{'update':>7} {'inv %':>6} {'peak MiB':>9}")
     speedups = []
     for batch in args.batch_sizes:
-        X, y = batch_for(args.network, batch, device)
+        batches = batches_for(args.network, batch, device)
         seconds = {}
         for precision in args.precision:
-            seconds[precision] = time_solvers(args, precision, X, y, (n_inputs, hidden,
-                                                                      n_outputs, loss))
+            seconds[precision] = time_solvers(args, precision, batches,
+                                              (n_inputs, hidden, n_outputs, loss))
         first = args.precision[0]
         speedups += [f"{batch:>6} {precision:>10} " + " ".join(
                          f"{name} {seconds[first][name] / seconds[precision][name]:.2f}x"
@@ -139,10 +153,11 @@ def main(argv=None):
         print("\n".join(speedups))
 
 
-def time_solvers(args, precision: str, X, y, network) -> dict[str, float]:
+def time_solvers(args, precision: str, batches, network) -> dict[str, float]:
     """Time SGD, Adam and K-FAC updates in ``precision``; print their row; return the
     seconds per update by solver."""
     n_inputs, hidden, n_outputs, loss = network
+    X = batches[0][0]
     device = X.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -155,11 +170,12 @@ def time_solvers(args, precision: str, X, y, network) -> dict[str, float]:
                 curvature_batch_size=args.curvature_batch_size or None,
                 precondition_precision=args.precondition_precision, precision=precision,
                 random_state=0)
-    timed_updates(sgd, X, y, 2)
-    timed_updates(adam, X, y, 2)
+    cycles = {name: itertools.cycle(batches) for name in ("sgd", "adam", "kfac")}
+    timed_updates(sgd, cycles["sgd"], 2)
+    timed_updates(adam, cycles["adam"], 2)
     # Warm-up past the first updates, where rejections (each forcing a re-inversion)
     # set the damping's scale: the figure is the cost of an update in steady state.
-    timed_updates(kfac, X, y, args.warmup)
+    timed_updates(kfac, cycles["kfac"], args.warmup)
     kfac.phase_times = {}  # reset
     # Every update pays 1/inv_update_freq of an inversion on average: time a whole
     # number of inversion periods. The solvers' updates alternate, so that a drift of
@@ -167,9 +183,9 @@ def time_solvers(args, precision: str, X, y, network) -> dict[str, float]:
     repeats = max(args.repeats, args.inv_update_freq)
     sgd_times, adam_times, kfac_times = [], [], []
     for _ in range(repeats):
-        sgd_times += timed_updates(sgd, X, y, 1)
-        adam_times += timed_updates(adam, X, y, 1)
-        kfac_times += timed_updates(kfac, X, y, 1)
+        sgd_times += timed_updates(sgd, cycles["sgd"], 1)
+        adam_times += timed_updates(adam, cycles["adam"], 1)
+        kfac_times += timed_updates(kfac, cycles["kfac"], 1)
     seconds = {"sgd": statistics.median(sgd_times), "adam": statistics.median(adam_times),
                "kfac": sum(kfac_times) / repeats}
     phases = {k: v / repeats for k, v in kfac.phase_times.items()}

@@ -171,7 +171,7 @@ def fit_tabular(X, y, kind: str, method: str, seed: int, threads: int, *,
     """Split, fit and score one method on one set with one seed: a runs.csv row's values.
 
     ``model_factory(method, kind, seed, threads)`` builds the model (default
-    :func:`make_model`; :mod:`benchmarks.early_stopping` changes a parameter)."""
+    :func:`make_model`; :mod:`benchmarks.default_ablation` changes a parameter)."""
     from sklearn.model_selection import train_test_split
 
     stratify = y if kind == "classification" else None
