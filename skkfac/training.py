@@ -34,8 +34,10 @@ from skkfac.divergence import BLOW_UP_FACTOR, DivergenceMonitor
 from skkfac.solvers.base import Solver
 from skkfac.solvers.spec import StepReport
 
-#: Consecutive rejected updates after which training gives up.
-MAX_CONSECUTIVE_REJECTIONS = 8
+#: Consecutive rejected updates after which training gives up. K-FAC triples its damping
+#: at each (:data:`skkfac.curvature.control.REJECTION_DAMPING_FACTOR`): 16 span seven
+#: and a half decades of damping, enough to make any finite step short.
+MAX_CONSECUTIVE_REJECTIONS = 16
 #: A fit whose last epoch loss is more than ``LOSS_ROSE_FACTOR`` times its best one, and
 #: higher by more than ``LOSS_ROSE_MARGIN`` times the constant prediction's loss, blew up.
 LOSS_ROSE_FACTOR = 2.0

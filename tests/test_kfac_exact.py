@@ -15,6 +15,7 @@ from torch import nn
 
 from skkfac import KFAC, KFACRegressor
 from skkfac.curvature import DAMPING_SCHEMES, stat_decay
+from skkfac.curvature.control import REJECTION_DAMPING_FACTOR
 from skkfac.losses import CrossEntropy, SquaredError
 from skkfac.nn import build_mlp
 
@@ -321,7 +322,7 @@ def test_rejected_update_restores_weights_and_raises_damping():
     opt.restore()
     for a, b in zip(saved, model.parameters()):
         torch.testing.assert_close(a, b.detach())
-    assert float(opt.damping) == pytest.approx(0.1)
+    assert float(opt.damping) == pytest.approx(0.01 * REJECTION_DAMPING_FACTOR)
     assert all("momentum_buffer" not in opt.state[layer.weight] for layer in opt.layers)
 
 

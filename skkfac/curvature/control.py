@@ -117,9 +117,29 @@ def levenberg_marquardt(damping: torch.Tensor, rho: torch.Tensor, omega: float,
     return torch.where(rho > 0.75, lower, torch.where(rho < 0.25, upper, damping))
 
 
+#: Factor by which a rejected step multiplies the damping. The Levenberg–Marquardt rule
+#: lowers λ by at most (19/20)^5 per 5 updates, so a raise of 3 is undone in ~22 updates,
+#: where 10 took ~45: with 10, keggundirected's ~7 rejections per 340 updates swung the
+#: damping between 0.12 and 4.5 and its held-out loss jumped by up to 98 % between
+#: evaluations (``docs/user_guide/damping.rst``, "Rejected updates"). A run of
+#: rejections climbs more slowly, so the trainer allows 16 in a row
+#: (:data:`skkfac.training.MAX_CONSECUTIVE_REJECTIONS`): 3^16 ≈ 4e7, about the 10^8 of
+#: eight tenfold raises.
+REJECTION_DAMPING_FACTOR = 3.0
+
+
 def raise_after_rejection(damping: torch.Tensor) -> torch.Tensor:
-    """The damping after a rejected step: ten times larger, at least 1e-4."""
-    return (damping * 10.0).clamp(min=1e-4, max=MAX_DAMPING)
+    """The damping after a rejected step: :data:`REJECTION_DAMPING_FACTOR` times larger,
+    at least 1e-4 and at most :data:`MAX_DAMPING`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skkfac.curvature.control import raise_after_rejection
+    >>> [round(float(raise_after_rejection(torch.tensor(d))), 6) for d in (0.1, 0.0, 1e8)]
+    [0.3, 0.0001, 100000000.0]
+    """
+    return (damping * REJECTION_DAMPING_FACTOR).clamp(min=1e-4, max=MAX_DAMPING)
 
 
 def kl_clipped(updates, gradients, lr: float, kl_clip: float) -> list[torch.Tensor]:

@@ -582,7 +582,7 @@ class KFAC(Solver, torch.optim.Optimizer):
         self.curvature.reset()
 
     def on_restore(self) -> None:
-        """After a rejected update: raise damping tenfold, forget momentum, re-invert."""
+        """After a rejected update: raise damping threefold, forget momentum, re-invert."""
         shared = self._shared
         shared["damping"] = raise_after_rejection(shared["damping"])
         for layer in self.layers:

@@ -147,12 +147,12 @@ HYPERPARAMETERS = (
     Hyperparameter(
         "rejection_ratio", 2.0, [None, Interval(Real, 1, None, closed="left")],
         "Undo a K-FAC update after which the loss on the curvature rows is more than "
-        "this multiple of the loss before it (or not finite), and raise λ tenfold; "
+        "this multiple of the loss before it (or not finite), and raise λ threefold; "
         "``None``: undo only non-finite losses (the study's rule had no such test).",
         solver_doc="An update after which the loss *on the same curvature batch* is "
         "non-finite or more than this multiple (at least 1) of the loss before it (plus "
         "1000 machine epsilons of rounding noise) is undone at once, ``λ`` is raised "
-        "tenfold and the momentum forgotten (comparing on the same examples keeps the "
+        "threefold and the momentum forgotten (comparing on the same examples keeps the "
         "mini-batch noise out of the decision). The decision is made on the device; "
         ":meth:`step`'s report says it. ``None``: only a non-finite loss is undone, as in "
         "the study's K-FAC, which had no rejection test (a ``max_norm`` step cannot be "
