@@ -8,7 +8,7 @@ Examples (from the repository root)::
     python -m benchmarks batch-size --problem mnist_ae --data-home /work/shared/data
     python -m benchmarks time-budget --data-home /work/shared/data
     python -m benchmarks gpu --data-home /work/shared/data --device cuda
-    python -m benchmarks defaults --data-home /work/shared/data     # ~70 min, 2 cores
+    python -m benchmarks defaults --data-home /work/shared/data     # ~80 min, 2 cores
     python -m benchmarks study --data-home /work/shared/data        # ~12 min, 2 cores
     python -m benchmarks report
 
@@ -185,7 +185,7 @@ def _defaults_parser(sub) -> None:
 
     defaults = sub.add_parser(
         "defaults", help="every solver at its defaults on the study's problems and a "
-                         "tabular suite, against scikit-learn (~70 min; resumable)")
+                         "tabular suite, against scikit-learn (~80 min; resumable)")
     defaults.add_argument("--data-home", default=None,
                           help="data folder (default: $SKKFAC_DATA, else ~/skkfac_data)")
     defaults.add_argument("--out", type=Path, default=None,
@@ -194,8 +194,11 @@ def _defaults_parser(sub) -> None:
     defaults.add_argument("--threads", type=int, default=2,
                           help="torch (and scikit-learn) threads per fit (default 2)")
     defaults.add_argument("--seeds", type=int, default=None,
-                          help="seeds (and tabular splits) per method (default 3; 1 with "
+                          help="seeds per method on the big cells (default 3; 1 with "
                                "--quick)")
+    defaults.add_argument("--splits", type=int, default=None,
+                          help="train/test splits (one seed each) per method on the "
+                               "tabular cells (default 9; 1 with --quick)")
     defaults.add_argument("--cells", nargs="+", choices=[*GROUPS, *CELLS], default=None,
                           metavar="CELL", help="cells or groups to run (default: big "
                           f"tabular); cells: {' '.join(CELLS)}")
@@ -264,10 +267,12 @@ def main(argv=None) -> int:
     if args.command == "defaults":
         out = args.out or (DEFAULTS_QUICK_OUT if quick else DEFAULTS_OUT)
         with CommandLog(out, argv):
-            from benchmarks.defaults import run_defaults
+            from benchmarks.defaults import TABULAR_SPLITS, run_defaults
 
             run_defaults(out, cells=args.cells, methods=args.methods, threads=args.threads,
-                         seeds=args.seeds or (1 if quick else 3), data_home=args.data_home,
+                         seeds=args.seeds or (1 if quick else 3),
+                         splits=args.splits or (1 if quick else TABULAR_SPLITS),
+                         data_home=args.data_home,
                          quick=quick, fresh=args.fresh, argv=argv)
         return 0
     if args.command == "study":

@@ -34,14 +34,23 @@ from benchmarks.tabular import (
 
 
 def parse_value(text: str):
-    """A command-line value as the estimator takes it: ``True``/``False``, a number, or
-    the string itself (``'auto'``)."""
+    """A command-line value as the estimator takes it: ``True``/``False``, ``None``, an
+    integer (for parameters such as ``n_iter_no_change``, which refuse ``10.0``), a
+    float, or the string itself (``'auto'``).
+
+    >>> [parse_value(t) for t in ("True", "None", "10", "0.5", "1e-3", "auto")]
+    [True, None, 10, 0.5, 0.001, 'auto']
+    """
     if text in ("True", "False"):
         return text == "True"
-    try:
-        return float(text)
-    except ValueError:
-        return text
+    if text == "None":
+        return None
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return text
 
 
 def fit_with(X, y, kind: str, seed: int, threads: int, parameter: str, value) -> dict:
@@ -78,7 +87,7 @@ def main(argv=None) -> None:
                     for seed in range(args.seeds)]
             score = np.median([run["score"] for run in runs])
             seconds = np.median([run["fit_seconds"] for run in runs])
-            cells.append(f"{score:8.3f} {seconds:6.2f}s")
+            cells.append(f"{score:8.4f} {seconds:6.2f}s")
         lines.append(f"{name:<14}" + "".join(f"{cell:>18}" for cell in cells))
         print(lines[-1], file=sys.stderr, flush=True)
     header = machine_header([], args.threads, load_start)

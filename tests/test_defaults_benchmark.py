@@ -161,7 +161,7 @@ def test_defaults_end_to_end_resumes_and_skips_missing_data(tmp_path):
     _write_uci_gz(home, "energy")
     out = tmp_path / "out"
     messages = []
-    kwargs = dict(cells=["mnist_ae", "protein", "energy", "yacht"], seeds=2,
+    kwargs = dict(cells=["mnist_ae", "protein", "energy", "yacht"], seeds=2, splits=3,
                   threads=1, data_home=home, budget=0.2, layers=TINY_LAYERS,
                   progress=messages.append)
     result = defaults.run_defaults(out, **kwargs)
@@ -170,10 +170,14 @@ def test_defaults_end_to_end_resumes_and_skips_missing_data(tmp_path):
     solvers = registered_solvers()
     # The big cells also run the study's K-FAC (its rule and table, skkfac.study).
     big_methods = (*solvers, defaults.STUDY_METHOD)
-    assert len(runs) == 2 * (2 * len(big_methods) + len(solvers) + len(REFERENCES))
-    assert set(runs.loc[runs["cell"] == "energy", "method"]) == {*solvers, *REFERENCES}
+    # Big cells get `seeds` seeds, tabular cells `splits` splits.
+    assert len(runs) == 2 * 2 * len(big_methods) + 3 * (len(solvers) + len(REFERENCES))
+    energy = runs[runs["cell"] == "energy"]
+    assert set(energy["method"]) == {*solvers, *REFERENCES}
+    assert set(energy["seed"]) == {0, 1, 2}
     assert set(runs.loc[runs["cell"] == "mnist_ae", "method"]) == set(big_methods)
     big = runs[runs["cell"].isin(["mnist_ae", "protein"])]
+    assert set(big["seed"]) == {0, 1}
     assert (big["stop_reason"] == "max_time").all() and not big["higher_is_better"].any()
     assert big["score_name"].eq("test MSE").all() and big["eval_loss"].notna().all()
     assert (runs["updates"] > 0).all() and (runs["fit_seconds"] > 0).all()
@@ -241,3 +245,28 @@ def test_command_line_quick_skips_a_missing_big_cell(tmp_path, capsys):
     assert "wine: no verdict" in output  # the summary at the end: no first-order run
     assert "python -m benchmarks defaults --quick" in (out / "commands.txt").read_text()
     assert "python -m benchmarks defaults --quick" in (out / "table.md").read_text()
+
+
+# -- the one-default ablation ---------------------------------------------------------------------
+
+
+def test_ablation_values_are_parsed_as_the_estimators_take_them():
+    from benchmarks.default_ablation import parse_value
+
+    assert [parse_value(t) for t in ("True", "False", "None", "auto")] == [
+        True, False, None, "auto"]
+    # An integer stays an integer: n_iter_no_change refuses 10.0.
+    assert type(parse_value("10")) is int and type(parse_value("0.5")) is float
+    assert parse_value("1e-3") == pytest.approx(1e-3)
+
+
+def test_ablation_prints_one_row_per_set_and_one_column_per_value(capsys):
+    from benchmarks.default_ablation import main
+
+    main(["--parameter", "n_iter_no_change", "--values", "2", "5", "--sets", "wine",
+          "--seeds", "1", "--threads", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert "n_iter_no_change =" in out[-3] and out[-2].split() == ["set", "2", "5"]
+    name, *cells = out[-1].split()
+    assert name == "wine" and len(cells) == 4  # score and seconds per value
+    assert all(0 <= float(score) <= 1 for score in cells[::2])
