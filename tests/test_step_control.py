@@ -188,27 +188,74 @@ def noisy_regression(n=400, seed=0):
 
 
 @pytest.mark.parametrize("solver, expected", [("kfac", True), ("sgd", False), ("adam", False)])
-def test_auto_early_stopping_is_on_for_kfac_regression_only(solver, expected):
+def test_auto_early_stopping_is_on_for_kfac_only(solver, expected):
     X, y = noisy_regression()
     reg = KFACRegressor(hidden_layer_sizes=(16,), solver=solver, max_iter=5, random_state=0)
+    clf = KFACClassifier(hidden_layer_sizes=(4,), solver=solver, max_iter=5, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         reg.fit(X, y)
-    assert reg.do_early_stopping_ is expected
-    assert (reg.validation_scores_ is not None) is expected
+        clf.fit(*small_classification())
+    for estimator in (reg, clf):
+        assert estimator.do_early_stopping_ is expected
+        assert (estimator.validation_scores_ is not None) is expected
     # Trained on 90 % of the rows with the split, on all of them without it.
     assert reg.t_ == reg.n_iter_ * (360 if expected else 400)
+    assert clf.t_ == clf.n_iter_ * (180 if expected else 200)
 
 
-def test_auto_early_stopping_is_off_for_classifiers_tiny_data_and_partial_fit():
-    X, y = small_classification()
-    assert not KFACClassifier(hidden_layer_sizes=(4,), max_iter=2).fit(X, y).do_early_stopping_
+def test_auto_early_stopping_is_off_for_tiny_data_unsplittable_classes_and_partial_fit():
     X, y = noisy_regression(n=90)  # a split of 9 samples is too small to judge on
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         assert not KFACRegressor(hidden_layer_sizes=(4,), max_iter=2).fit(X, y).do_early_stopping_
         reg = KFACRegressor(hidden_layer_sizes=(4,)).partial_fit(*noisy_regression())
-    assert not reg.do_early_stopping_
+        assert not reg.do_early_stopping_
+        X, y = small_classification()
+        y[0] = 3  # a class of one sample cannot be stratified into both sides
+        clf = KFACClassifier(hidden_layer_sizes=(4,), max_iter=2).fit(X, y)
+        assert not clf.do_early_stopping_ and list(clf.classes_) == [0, 1, 2, 3]
+        # 12 classes of 10 samples: a split of 12 rows holds one of each ...
+        X, y = make_classification(120, n_features=6, n_informative=6, n_redundant=0,
+                                   n_classes=12, n_clusters_per_class=1, random_state=0)
+        assert KFACClassifier(hidden_layer_sizes=(4,), max_iter=2).fit(X, y).do_early_stopping_
+        # ... but 11 rows (validation_fraction 0.09) cannot.
+        clf = KFACClassifier(hidden_layer_sizes=(4,), max_iter=2, validation_fraction=0.09)
+        assert not clf.fit(X, y).do_early_stopping_
+    # Asked for explicitly, an impossible split is scikit-learn's error, not a silent fit.
+    with pytest.raises(ValueError, match="least populated class"):
+        KFACClassifier(hidden_layer_sizes=(4,), early_stopping=True).fit(
+            *small_classification()[:1], np.r_[3, small_classification()[1][1:]])
+
+
+@pytest.mark.parametrize("scoring", ["auto", "loss", None])
+def test_scoring_chooses_what_early_stopping_judges_and_records(scoring):
+    """'loss': the negative validation loss; None: the estimator's score; 'auto': the
+    loss for the classifier, the score (R²) for the regressor. The weights kept score
+    the best recorded value on the held-out split."""
+    from sklearn.metrics import log_loss, mean_squared_error
+
+    X, y = small_classification()
+    X_reg, y_reg = noisy_regression()
+    models = [KFACClassifier(hidden_layer_sizes=(16,), scoring=scoring, random_state=0),
+              KFACRegressor(hidden_layer_sizes=(16,), scoring=scoring, random_state=0)]
+    for model, (X_fit, y_fit) in zip(models, [(X, y), (X_reg, y_reg)]):
+        splits = []
+        original = model._validation_split
+        model._validation_split = (
+            lambda *args, f=original, kept=splits: kept.append(f(*args)) or kept[-1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(X_fit, y_fit)
+        _, X_val, _, y_val = splits[0]
+        classifier = isinstance(model, KFACClassifier)
+        if scoring == "loss" or (scoring == "auto" and classifier):
+            expected = (-log_loss(y_val, model.predict_proba(X_val), labels=model.classes_)
+                        if classifier else -mean_squared_error(y_val, model.predict(X_val)))
+        else:
+            expected = model.score(X_val, y_val)
+        assert model.best_validation_score_ == max(model.validation_scores_)
+        assert model.best_validation_score_ == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
 def test_auto_early_stopping_keeps_kfac_from_fitting_the_noise():

@@ -66,8 +66,9 @@ class KFACAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseKFA
                  rejection_ratio=2.0,
                  max_iter=200, max_time=None, max_wall_time=None, tol=1e-4,
                  n_iter_no_change=10, early_stopping="auto", validation_fraction=0.1,
-                 shuffle=True, eval_every=None, eval_interval=None, random_state=None,
-                 verbose=False, callbacks=None, warm_start=False, device="auto",
+                 scoring="auto", shuffle=True, eval_every=None, eval_interval=None,
+                 random_state=None, verbose=False, callbacks=None, warm_start=False,
+                 device="auto",
                  dtype="float32", precision="float32", n_threads=None):
         store_parameters(self, locals())
 

@@ -76,6 +76,7 @@ class BaseKFACEstimator(BaseEstimator):
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "early_stopping": [StrOptions({"auto"}), "boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "scoring": [StrOptions({"auto", "loss"}), None],
         "shuffle": ["boolean"],
         "eval_every": [None, Interval(Integral, 1, None, closed="left")],
         "eval_interval": [None, Interval(Real, 0, None, closed="neither")],
@@ -167,7 +168,19 @@ class BaseKFACEstimator(BaseEstimator):
                 or _data_parallel()):  # data-parallel: every rank would hold its own split
             return False
         n_validation = math.ceil(self.validation_fraction * len(y_encoded))
+        if self._loss_name == "cross_entropy" and not _stratifiable(
+                y_encoded, n_validation):
+            return False
         return n_validation >= self.MIN_AUTO_VALIDATION_SAMPLES
+
+    def _validation_scoring(self) -> str | None:
+        """``scoring``, with ``'auto'`` resolved: the validation loss for a classifier
+        (its cross-entropy, in nats whatever the data), the estimator's score (R²) for
+        the squared error, whose own scale, and so ``tol``'s meaning, follows the
+        targets'."""
+        if self.scoring != "auto":
+            return self.scoring
+        return "loss" if self._loss_name == "cross_entropy" else None
 
     def _effective_update_size(self, batch_size: int, n_samples: int) -> int | None:
         """``artificial_batch_size``, or the solver's :attr:`min_update_size` (capped at
@@ -310,7 +323,7 @@ class BaseKFACEstimator(BaseEstimator):
             if sample_weight is not None:  # the held-out rows keep their weights
                 w_train = split[4]
                 held_out.append(self._to_tensor(split[5]))
-            validate = lambda: self._evaluate_tensors(*held_out)[1]  # noqa: E731
+            validate = self._make_validator(held_out)
         evaluate = self._make_evaluator(eval_set)
         X_t = self._to_tensor(X_train)
         y_t = self._to_tensor(y_train, integer=self._loss_name == "cross_entropy")
@@ -339,6 +352,13 @@ class BaseKFACEstimator(BaseEstimator):
         self.model_.eval()
         self._publish(progress, incremental)
         return self
+
+    def _make_validator(self, held_out):
+        """The early-stopping score of the held-out tensors ``(X, y[, weight])``, higher
+        is better: the estimator's score, or the negative loss (``scoring='loss'``)."""
+        if self._validation_scoring() == "loss":
+            return lambda: -self._evaluate_tensors(*held_out)[0]
+        return lambda: self._evaluate_tensors(*held_out)[1]
 
     def _validation_split(self, X, y, rng, sample_weight=None):
         """``[X_train, X_val, y_train, y_val]``, then ``w_train, w_val`` when there are
@@ -532,3 +552,13 @@ def _world_size() -> int:
 def _data_parallel() -> bool:
     """Whether this process is one of several ranks of a torch.distributed group."""
     return _world_size() > 1
+
+
+def _stratifiable(y_encoded, n_validation: int) -> bool:
+    """Whether ``train_test_split`` can stratify the class indices ``y_encoded`` with
+    ``n_validation`` rows held out: every class needs two rows, and each side at least
+    one row per class."""
+    counts = np.bincount(np.asarray(y_encoded, dtype=np.int64))
+    n_classes = int(np.count_nonzero(counts))
+    return (counts[counts > 0].min() >= 2 and n_validation >= n_classes
+            and len(y_encoded) - n_validation >= n_classes)

@@ -88,16 +88,26 @@ OWN_PARAMETERS = {
         "'auto' or bool, default='auto'",
         "Hold out ``validation_fraction`` of the data, stop on its score, and restore the "
         "best weights (a fit stopped by ``max_time`` keeps its last weights when they "
-        "score better). ``'auto'``: on for K-FAC with the squared error (the regressor "
-        "and the autoencoder), whose fast fits overfit small noisy data sets otherwise; "
-        "off for the classifier and for SGD and Adam (scikit-learn's default); off too "
-        "when the split would hold fewer than 10 samples or under data-parallel "
-        "training; "
+        "score better). ``'auto'``: on for K-FAC, whose fast fits overfit small noisy "
+        "data sets otherwise; off for SGD and Adam (scikit-learn's default); off too "
+        "when the split would hold fewer than 10 samples, when the classes cannot be "
+        "stratified into it (a class of one sample, more classes than held-out rows) "
+        "or under data-parallel training; "
         "``do_early_stopping_`` says what a fit did. ``partial_fit`` never holds data "
         "out."),
     "validation_fraction": (
         "float, default=0.1",
         "Share of the training data held out when ``early_stopping``."),
+    "scoring": (
+        "'auto', 'loss' or None, default='auto'",
+        "What early stopping judges the held-out split by (higher is better): "
+        "``'loss'``, the negative validation loss (cross-entropy or squared error, as "
+        "``HistGradientBoosting*``'s default); ``None``, the estimator's ``score`` "
+        "(accuracy, R², as scikit-learn's MLPs); ``'auto'``, the loss for the "
+        "classifier (in nats whatever the data; stopping on a small split's accuracy "
+        "lost accuracy) and the score for the regressor and the autoencoder (R² does "
+        "not depend on the targets' scale, where the squared error, and so ``tol``, "
+        "does). ``validation_scores_`` holds the values."),
     "shuffle": ("bool, default=True", "Shuffle the samples every epoch."),
     "eval_every": (
         "int or None, default=None",
