@@ -107,8 +107,8 @@ class KFAC(Solver, torch.optim.Optimizer):
     #: ``early_stopping='auto'`` holds out a validation split there (0.38 and -0.07).
     #: Classifiers too, stopping on the split's log-loss (``scoring='auto'``): over 9
     #: splits it kept the accuracy of digits, breast cancer and wine and lowered the
-    #: test log-loss of the first two (0.118 to 0.101, 0.123 to 0.094), where stopping
-    #: on the accuracy of a small split cost 0.007-0.014 accuracy
+    #: test log-loss of the first two (0.118 to 0.101, 0.123 to 0.0945), where stopping
+    #: on the accuracy of a small split cost 0.007-0.011 accuracy
     #: (``docs/user_guide/reliability.rst``, "Stopping").
     early_stopping_losses = ("squared_error", "cross_entropy")
 
