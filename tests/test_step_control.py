@@ -228,6 +228,18 @@ def test_auto_early_stopping_is_off_for_tiny_data_unsplittable_classes_and_parti
             *small_classification()[:1], np.r_[3, small_classification()[1][1:]])
 
 
+def fit_recording_the_split(model, X, y=None):
+    """Fit ``model`` (``y=None``: an autoencoder) and return its early-stopping split
+    ``[X_train, X_val, y_train, y_val]`` (encoded targets)."""
+    splits = []
+    original = model._validation_split
+    model._validation_split = lambda *args: splits.append(original(*args)) or splits[-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X) if y is None else model.fit(X, y)
+    return splits[0]
+
+
 @pytest.mark.parametrize("scoring", ["auto", "loss", None])
 def test_scoring_chooses_what_early_stopping_judges_and_records(scoring):
     """'loss': the negative validation loss; None: the estimator's score; 'auto': the
@@ -240,14 +252,7 @@ def test_scoring_chooses_what_early_stopping_judges_and_records(scoring):
     models = [KFACClassifier(hidden_layer_sizes=(16,), scoring=scoring, random_state=0),
               KFACRegressor(hidden_layer_sizes=(16,), scoring=scoring, random_state=0)]
     for model, (X_fit, y_fit) in zip(models, [(X, y), (X_reg, y_reg)]):
-        splits = []
-        original = model._validation_split
-        model._validation_split = (
-            lambda *args, f=original, kept=splits: kept.append(f(*args)) or kept[-1])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(X_fit, y_fit)
-        _, X_val, _, y_val = splits[0]
+        _, X_val, _, y_val = fit_recording_the_split(model, X_fit, y_fit)
         classifier = isinstance(model, KFACClassifier)
         if scoring == "loss" or (scoring == "auto" and classifier):
             expected = (-log_loss(y_val, model.predict_proba(X_val), labels=model.classes_)
@@ -322,3 +327,45 @@ def test_data_parallel_ranks_share_the_minimum_update_size(monkeypatch):
     with pytest.warns(UserWarning, match="updates of 64 samples"):
         assert clf._effective_update_size(16, 100) == 64
     assert clf._effective_update_size(64, 100) is None
+
+
+def test_scoring_takes_scikit_learn_scorers_and_callables():
+    """A scorer name or callable judges the held-out split through the public API, on
+    the targets as fit got them (labels, 1-d targets, the inputs for the autoencoder)."""
+    from sklearn.metrics import f1_score, make_scorer, mean_absolute_error
+
+    from skkfac import KFACAutoencoder
+
+    X, y = small_classification()
+    labels = np.array(["a", "b", "c"])[y]
+    X_reg, y_reg = noisy_regression()
+    cases = [
+        (KFACClassifier, X, labels, "f1_macro",
+         lambda m, Xv, yv: f1_score(yv, m.predict(Xv), average="macro")),
+        (KFACRegressor, X_reg, y_reg, "neg_mean_absolute_error",
+         lambda m, Xv, yv: -mean_absolute_error(yv, m.predict(Xv))),
+        (KFACRegressor, X_reg, y_reg, make_scorer(mean_absolute_error, greater_is_better=False),
+         lambda m, Xv, yv: -mean_absolute_error(yv, m.predict(Xv))),
+        (KFACAutoencoder, X_reg, None, "neg_mean_squared_error",
+         lambda m, Xv, yv: -np.mean((m.predict(Xv) - Xv) ** 2)),
+    ]
+    for cls, X_fit, y_fit, scoring, score in cases:
+        sizes = {"encoder_layer_sizes": (4,)} if cls is KFACAutoencoder else {
+            "hidden_layer_sizes": (8,)}
+        model = cls(**sizes, scoring=scoring, early_stopping=True, max_iter=15,
+                    random_state=0)
+        _, X_val, _, y_val = fit_recording_the_split(model, X_fit, y_fit)
+        if cls is KFACClassifier:
+            y_val = model.classes_[y_val]
+        elif cls is KFACRegressor:
+            y_val = y_val.ravel()
+        assert model.best_validation_score_ == max(model.validation_scores_)
+        assert model.best_validation_score_ == pytest.approx(score(model, X_val, y_val),
+                                                             rel=1e-5, abs=1e-7), scoring
+
+
+def test_an_unknown_scorer_name_is_refused_at_fit_even_without_a_split():
+    X, y = small_classification()
+    with pytest.raises(ValueError, match="'accuracy_typo' is not 'auto', 'loss'"):
+        KFACClassifier(hidden_layer_sizes=(4,), scoring="accuracy_typo",
+                       early_stopping=False).fit(X, y)

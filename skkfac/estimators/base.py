@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import check_scoring
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -76,7 +77,8 @@ class BaseKFACEstimator(BaseEstimator):
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "early_stopping": [StrOptions({"auto"}), "boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "scoring": [StrOptions({"auto", "loss"}), None],
+        # 'auto', 'loss', a scikit-learn scorer name (checked at fit), a callable or None.
+        "scoring": [str, callable, None],
         "shuffle": ["boolean"],
         "eval_every": [None, Interval(Integral, 1, None, closed="left")],
         "eval_interval": [None, Interval(Real, 0, None, closed="neither")],
@@ -129,6 +131,14 @@ class BaseKFACEstimator(BaseEstimator):
                 f"batch_size={self.batch_size}: it is the number of samples per update.")
         resolve_device(self.device)
         check_callbacks(self.callbacks)
+        if isinstance(self.scoring, str) and self.scoring not in ("auto", "loss"):
+            try:
+                check_scoring(self, scoring=self.scoring)
+            except ValueError as error:
+                raise ValueError(
+                    f"scoring={self.scoring!r} is not 'auto', 'loss', None, a callable "
+                    "or a scikit-learn scorer name (sklearn.metrics.get_scorer_names())."
+                ) from error
 
     def _effective_batch_size(self, n_samples: int) -> int:
         if self.batch_size == "auto":
@@ -320,10 +330,11 @@ class BaseKFACEstimator(BaseEstimator):
             X_train, X_val, y_train, y_val = split[:4]
             held_out = [self._to_tensor(X_val),
                         self._to_tensor(y_val, integer=self._loss_name == "cross_entropy")]
+            w_val = None
             if sample_weight is not None:  # the held-out rows keep their weights
-                w_train = split[4]
-                held_out.append(self._to_tensor(split[5]))
-            validate = self._make_validator(held_out)
+                w_train, w_val = split[4], split[5]
+                held_out.append(self._to_tensor(w_val))
+            validate = self._make_validator(held_out, (X_val, y_val, w_val))
         evaluate = self._make_evaluator(eval_set)
         X_t = self._to_tensor(X_train)
         y_t = self._to_tensor(y_train, integer=self._loss_name == "cross_entropy")
@@ -353,12 +364,25 @@ class BaseKFACEstimator(BaseEstimator):
         self._publish(progress, incremental)
         return self
 
-    def _make_validator(self, held_out):
-        """The early-stopping score of the held-out tensors ``(X, y[, weight])``, higher
-        is better: the estimator's score, or the negative loss (``scoring='loss'``)."""
-        if self._validation_scoring() == "loss":
+    def _make_validator(self, held_out, arrays):
+        """The early-stopping score of the held-out rows, higher is better: computed on
+        the tensors ``held_out`` (``X, y[, weight]``) for the estimator's score and the
+        negative loss, else by the scikit-learn scorer ``scoring`` names (or is) on the
+        arrays ``(X, y_encoded, weight)``, with the targets as ``fit`` got them."""
+        scoring = self._validation_scoring()
+        if scoring == "loss":
             return lambda: -self._evaluate_tensors(*held_out)[0]
-        return lambda: self._evaluate_tensors(*held_out)[1]
+        if scoring is None:
+            return lambda: self._evaluate_tensors(*held_out)[1]
+        scorer = check_scoring(self, scoring=scoring)
+        X_val, y_val, w_val = arrays
+        y_val = self._decode_targets(y_val)
+        weights = {} if w_val is None else {"sample_weight": w_val}
+        return lambda: float(scorer(self, X_val, y_val, **weights))
+
+    def _decode_targets(self, y_encoded):
+        """The targets as ``fit`` was given them, from :meth:`_encode_targets`'s array."""
+        return y_encoded
 
     def _validation_split(self, X, y, rng, sample_weight=None):
         """``[X_train, X_val, y_train, y_val]``, then ``w_train, w_val`` when there are

@@ -111,6 +111,9 @@ class KFACClassifier(ClassifierMixin, MLPEstimator):
     def _n_outputs(self, y_encoded):
         return len(self.classes_)
 
+    def _decode_targets(self, y_encoded):
+        return self.classes_[y_encoded]
+
     def _score_outputs(self, output, target, weight=None):
         return float(weighted_mean((output.argmax(dim=1) == target).to(torch.float64),
                                    weight))

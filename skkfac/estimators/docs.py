@@ -99,15 +99,16 @@ OWN_PARAMETERS = {
         "float, default=0.1",
         "Share of the training data held out when ``early_stopping``."),
     "scoring": (
-        "'auto', 'loss' or None, default='auto'",
+        "'auto', 'loss', str, callable or None, default='auto'",
         "What early stopping judges the held-out split by (higher is better): "
         "``'loss'``, the negative validation loss (cross-entropy or squared error, as "
         "``HistGradientBoosting*``'s default); ``None``, the estimator's ``score`` "
-        "(accuracy, R², as scikit-learn's MLPs); ``'auto'``, the loss for the "
-        "classifier (in nats whatever the data; stopping on a small split's accuracy "
-        "lost accuracy) and the score for the regressor and the autoencoder (R² does "
-        "not depend on the targets' scale, where the squared error, and so ``tol``, "
-        "does). ``validation_scores_`` holds the values."),
+        "(accuracy, R², as scikit-learn's MLPs); a scikit-learn scorer name (such as "
+        "``'f1_macro'``) or a callable ``scorer(estimator, X, y)``; ``'auto'``, the "
+        "loss for the classifier (in nats whatever the data; stopping on a small "
+        "split's accuracy lost accuracy) and the score for the regressor and the "
+        "autoencoder (R² does not depend on the targets' scale, where the squared "
+        "error, and so ``tol``, does). ``validation_scores_`` holds the values."),
     "shuffle": ("bool, default=True", "Shuffle the samples every epoch."),
     "eval_every": (
         "int or None, default=None",

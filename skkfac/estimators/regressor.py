@@ -86,6 +86,9 @@ class KFACRegressor(RegressorMixin, MLPEstimator):
         y = np.asarray(y)
         return y.reshape(len(y), -1)
 
+    def _decode_targets(self, y_encoded):
+        return y_encoded.ravel() if self._y_was_1d else y_encoded
+
     def _n_outputs(self, y_encoded):
         return y_encoded.shape[1]
 
