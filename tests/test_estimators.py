@@ -221,6 +221,20 @@ def test_warm_start_and_partial_fit_continue(regression_data):
     assert list(clf.classes_) == [0, 1, 2]
 
 
+def test_a_pickle_from_before_the_scoring_parameter_loads_with_its_default(regression_data):
+    X, y = regression_data
+    reg = KFACRegressor(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg.fit(X, y)
+    state = reg.__getstate__()
+    del state["scoring"]  # what an estimator pickled by an earlier version holds
+    old = KFACRegressor.__new__(KFACRegressor)
+    old.__setstate__(state)
+    assert old.get_params()["scoring"] == "auto"
+    np.testing.assert_array_equal(old.predict(X), reg.predict(X))
+
+
 def test_pickle_clone_and_pipeline(regression_data):
     X, y = regression_data
     pipe = make_pipeline(StandardScaler(), KFACRegressor(hidden_layer_sizes=(8,), max_iter=20,

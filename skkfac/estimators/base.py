@@ -528,6 +528,7 @@ class BaseKFACEstimator(BaseEstimator):
         """
         packed = state.pop("_fitted_state", None)
         fitted_device = torch.device(state.pop("_fitted_device", "cpu"))
+        state.setdefault("scoring", "auto")  # pickled before the parameter existed
         super().__setstate__(state)
         if packed is None:
             return
