@@ -174,9 +174,11 @@ def markdown(verdicts: dict, header: dict, skipped: dict) -> str:
              f"- date: {header['date']}; skkfac commit: {header['commit']}",
              f"- CPU: {header['cpu']}; torch threads: {header['threads']}",
              f"- load average (1/5/15 min): {start} at the start, {end} at the end", "",
-             "Median [min-max] over seeds. Verdict: K-FAC against the best first-order "
-             "skkfac solver (by median): *ahead* when K-FAC's median is better and its "
-             "worst seed beats the other's median, *behind* in the reverse case, else "
+             "Median [min-max] over seeds (big cells) or train/test splits, one seed "
+             "each (tabular cells; the *seeds* column counts them). Verdict: K-FAC "
+             "against the best first-order skkfac solver (by median): *ahead* when "
+             "K-FAC's median is better and its worst seed beats the other's median, "
+             "*behind* in the reverse case, else "
              f"*level*. Tabular bars: K-FAC's median within {SCORE_BAR:g} of the better "
              f"of skkfac-Adam and sklearn's MLP; its median fit time <= {TIME_BAR:g}x "
              "the MLP's. fit s: median seconds of the whole `fit` call (big cells: the "
