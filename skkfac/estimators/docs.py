@@ -54,8 +54,13 @@ OWN_PARAMETERS = {
         "every weight given the training rows, which fades as they grow: ``1/(20 n)`` "
         "for classifiers, ``σ²/(10 n d)`` for squared error with ``d`` outputs of mean "
         "variance ``σ²`` (about 3e-4 for 300 rows of a standardised target, 2e-10 for "
-        "MNIST's autoencoder); 0 in ``partial_fit``, which does not know ``n``. The value "
-        "used is ``alpha_``. Note: scikit-learn's MLP divides ``alpha`` by the batch size."),
+        "MNIST's autoencoder); 0 in ``partial_fit``, which does not know ``n``. "
+        "``KFACRegressor`` then asks the data: after a first fit with an early-stopping "
+        "split and no time budget, the evidence approximation (MacKay 1992) estimates the "
+        "penalty from the noise left and the weights' size (``evidence_alpha_``); when "
+        "that is at least 5 times the prior's (noisy targets), the network is trained "
+        "again from its initial weights with it. The value used is ``alpha_``. Note: "
+        "scikit-learn's MLP divides ``alpha`` by the batch size."),
     "batch_size": (
         "int or 'auto', default='auto'",
         None),  # generated: the per-solver 'auto' sizes
@@ -164,6 +169,10 @@ FITTED_ATTRIBUTES = """\
         Where the network lives.
     alpha_ : float
         The L2 penalty trained with (``alpha``, ``'auto'`` resolved at the first fit).
+    evidence_alpha_ : float or None
+        The penalty the evidence approximation asked for after the first training run
+        (``alpha='auto'``, see ``alpha``); ``alpha_`` when the network was trained again
+        with it. ``None`` when it was not estimated.
     history_ : pandas.DataFrame
         One row per evaluation: ``update``, ``epoch``, ``samples``, ``time`` (training
         seconds), ``train_loss`` (mean over the batches since the previous row),

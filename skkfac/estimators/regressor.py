@@ -38,6 +38,7 @@ class KFACRegressor(RegressorMixin, MLPEstimator):
 
     _loss_name = "squared_error"
     _multi_output = True
+    _refits_with_evidence = True
 
     def fit(self, X, y, sample_weight=None, eval_set=None):
         """Train on ``(X, y)``; ``eval_set=(X_val, y_val)`` records learning curves.
