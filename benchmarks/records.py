@@ -90,7 +90,7 @@ class CsvLog:
         if not new:
             self._drop_torn_line()
         with open(self.path, "a", newline="") as handle:
-            writer = csv.writer(handle)
+            writer = csv.writer(handle, lineterminator="\n")  # one line ending in every file
             if new:
                 writer.writerow(self.columns)
             writer.writerow([_format(row.get(c)) for c in self.columns])
