@@ -13,7 +13,9 @@ So the penalty fades as data grows and follows the targets' scale: a few hundred
 of standardised targets get ``alpha`` ≈ 3e-4, MNIST's 60,000 images (784 outputs of
 variance 0.1) 2e-10. Measured on the defaults benchmark's tabular suite, where K-FAC fits
 small sets to convergence (``benchmarks/results/defaults/``); first-order solvers at their
-defaults stop long before the penalty matters.
+defaults stop long before the penalty matters. The prior cannot know the targets' noise:
+``KFACRegressor`` may raise the penalty after a first fit to what the data ask for
+(:mod:`skkfac.estimators._evidence`).
 """
 
 from __future__ import annotations
