@@ -221,17 +221,19 @@ def test_warm_start_and_partial_fit_continue(regression_data):
     assert list(clf.classes_) == [0, 1, 2]
 
 
-def test_a_pickle_from_before_the_scoring_parameter_loads_with_its_default(regression_data):
+def test_a_pickle_from_before_scoring_and_the_evidence_loads_with_defaults(regression_data):
     X, y = regression_data
     reg = KFACRegressor(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reg.fit(X, y)
+    del reg.evidence_alpha_  # what an estimator pickled by an earlier version lacks
     state = reg.__getstate__()
-    del state["scoring"]  # what an estimator pickled by an earlier version holds
+    del state["scoring"]
     old = KFACRegressor.__new__(KFACRegressor)
     old.__setstate__(state)
     assert old.get_params()["scoring"] == "auto"
+    assert old.evidence_alpha_ is None
     np.testing.assert_array_equal(old.predict(X), reg.predict(X))
 
 

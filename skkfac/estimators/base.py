@@ -593,6 +593,8 @@ class BaseKFACEstimator(BaseEstimator):
                           UserWarning, stacklevel=2)
         self._unpack(packed, target)
         self.device_ = target
+        if not hasattr(self, "evidence_alpha_"):  # fitted before the evidence refit existed
+            self.evidence_alpha_ = None
 
     def _pack(self, fitted: dict) -> bytes:
         """Serialise fitted attributes (``torch.save``), tensors on the devices they are on."""
