@@ -178,3 +178,14 @@ def test_warm_start_keeps_the_first_fits_penalty():
     alpha, evidence = reg.alpha_, reg.evidence_alpha_
     reg.fit(X, y)
     assert reg.alpha_ == alpha and reg.evidence_alpha_ == evidence
+
+
+def test_constant_targets_are_fitted_without_refit():
+    """No noise to penalise; and the split stops on the validation loss, since the R² of
+    constant targets is 0 until the fit is perfect (it had stopped at the first epoch,
+    predicting 1.6-2.9 for 3)."""
+    X, _ = noisy_regression()
+    reg = KFACRegressor(hidden_layer_sizes=(8,), random_state=0).fit(X, np.full(len(X), 3.0))
+    assert reg.alpha_ == 0.0  # not refitted, whatever the estimate
+    assert max(reg.validation_scores_) <= 0  # negative mean squared errors
+    np.testing.assert_allclose(reg.predict(X[:5]), 3.0, atol=0.05)

@@ -400,10 +400,11 @@ class BaseKFACEstimator(BaseEstimator):
         :attr:`EVIDENCE_REFIT_RATIO` times ``alpha_``, train again from the same initial
         weights and split with it and return that run's progress, else ``None``."""
         estimate = evidence_alpha(self.model_, X, y, sample_weight, self.alpha_, rng)
-        if estimate is None:
+        if estimate is None or not math.isfinite(estimate[0]):
             return None
         self.evidence_alpha_, n_well_determined = estimate
-        if self.evidence_alpha_ < self.EVIDENCE_REFIT_RATIO * self.alpha_:
+        # alpha_ is 0 only for constant targets, which have no noise to penalise.
+        if not self.evidence_alpha_ >= self.EVIDENCE_REFIT_RATIO * self.alpha_ > 0:
             return None
         logger.info("alpha=%.3g: the evidence asks for alpha=%.3g (%.0f well-determined "
                     "parameters); training again with it", self.alpha_,
@@ -421,6 +422,9 @@ class BaseKFACEstimator(BaseEstimator):
         negative loss, else by the scikit-learn scorer ``scoring`` names (or is) on the
         arrays ``(X, y_encoded, weight)``, with the targets as ``fit`` got them."""
         scoring = self._validation_scoring()
+        if scoring is None and self._loss_name == "squared_error" and bool(
+                (held_out[1] == held_out[1][:1]).all()):
+            scoring = "loss"  # R² of constant targets is 1 at a perfect fit, else 0
         if scoring == "loss":
             return lambda: -self._evaluate_tensors(*held_out)[0]
         if scoring is None:

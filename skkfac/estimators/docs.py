@@ -113,7 +113,8 @@ OWN_PARAMETERS = {
         "loss for the classifier (in nats whatever the data; stopping on a small "
         "split's accuracy lost accuracy) and the score for the regressor and the "
         "autoencoder (R² does not depend on the targets' scale, where the squared "
-        "error, and so ``tol``, does). ``validation_scores_`` holds the values."),
+        "error, and so ``tol``, does; held-out targets that are all equal have no R², "
+        "and the loss is used). ``validation_scores_`` holds the values."),
     "shuffle": ("bool, default=True", "Shuffle the samples every epoch."),
     "eval_every": (
         "int or None, default=None",
