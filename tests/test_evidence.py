@@ -151,6 +151,7 @@ def test_regressor_keeps_the_prior_on_clean_targets():
 
 @pytest.mark.parametrize("params", [
     {"alpha": 0.01},                         # a penalty chosen by the user
+    {"alpha": "prior"},                      # the prior alone, asked for
     {"early_stopping": False},               # nothing catches the first run's overfitting
     {"max_time": 30.0},                      # a second run would overrun the budget
     {"max_wall_time": 30.0},
@@ -159,8 +160,10 @@ def test_no_evidence_refit_outside_its_conditions(params):
     X, y = noisy_regression()
     reg = KFACRegressor(hidden_layer_sizes=(16,), random_state=0, **params).fit(X, y)
     assert reg.evidence_alpha_ is None
-    if "alpha" in params:
+    if params.get("alpha") == 0.01:
         assert reg.alpha_ == 0.01
+    if params.get("alpha") == "prior":
+        assert reg.alpha_ == automatic_alpha("squared_error", y[:, None])
 
 
 def test_other_estimators_do_not_refit():

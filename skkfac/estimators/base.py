@@ -65,7 +65,7 @@ class BaseKFACEstimator(BaseEstimator):
     _parameter_constraints: ClassVar[dict] = {
         "activation": [StrOptions(set(ACTIVATIONS))],
         "solver": [RegisteredSolver()],
-        "alpha": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
+        "alpha": [Interval(Real, 0, None, closed="left"), StrOptions({"auto", "prior"})],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "artificial_batch_size": [None, Interval(Integral, 1, None, closed="left")],
         # The solvers' options, from their declarations (skkfac.solvers.spec).
@@ -248,7 +248,7 @@ class BaseKFACEstimator(BaseEstimator):
         their weights; data-parallel, the ranks' rows together, so that every rank
         trains the same objective). ``partial_fit`` does not know how many rows will
         come: there ``'auto'`` is 0."""
-        if self.alpha != "auto":
+        if self.alpha not in ("auto", "prior"):
             return float(self.alpha)
         if incremental:
             return 0.0

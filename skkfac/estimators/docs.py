@@ -48,7 +48,7 @@ OWN_PARAMETERS = {
         "initialised Xavier/Glorot-uniform, biases at zero."),
     "solver": (None, None),  # generated from the registry
     "alpha": (
-        "float or 'auto', default='auto'",
+        "float, 'auto' or 'prior', default='auto'",
         "L2 penalty ``alpha/2 * sum(W**2)`` over the weight matrices (not the biases), "
         "added to the mean loss. ``'auto'``: the penalty of a Gaussian prior N(0, 20) on "
         "every weight given the training rows, which fades as they grow: ``1/(20 n)`` "
@@ -59,8 +59,9 @@ OWN_PARAMETERS = {
         "split and no time budget, the evidence approximation (MacKay 1992) estimates the "
         "penalty from the noise left and the weights' size (``evidence_alpha_``); when "
         "that is at least 5 times the prior's (noisy targets), the network is trained "
-        "again from its initial weights with it. The value used is ``alpha_``. Note: "
-        "scikit-learn's MLP divides ``alpha`` by the batch size."),
+        "again from its initial weights with it. ``'prior'``: the prior's penalty alone, "
+        "one training run. The value used is ``alpha_``. Note: scikit-learn's MLP "
+        "divides ``alpha`` by the batch size."),
     "batch_size": (
         "int or 'auto', default='auto'",
         None),  # generated: the per-solver 'auto' sizes
