@@ -9,6 +9,7 @@ from skkfac import KFACAutoencoder, KFACClassifier, KFACRegressor
 from skkfac.estimators import _evidence
 from skkfac.estimators._evidence import evidence_alpha, tangent_kernel
 from skkfac.estimators._regularisation import automatic_alpha
+from skkfac.estimators.base import BaseKFACEstimator
 from skkfac.nn import build_mlp, linear_layers
 
 
@@ -153,8 +154,8 @@ def test_regressor_keeps_the_prior_on_clean_targets():
     {"alpha": 0.01},                         # a penalty chosen by the user
     {"alpha": "prior"},                      # the prior alone, asked for
     {"early_stopping": False},               # nothing catches the first run's overfitting
-    {"max_time": 30.0},                      # a second run would overrun the budget
-    {"max_wall_time": 30.0},
+    {"max_time": 1e-4},                      # the first run used the whole budget
+    {"max_wall_time": 1e-4},
 ])
 def test_no_evidence_refit_outside_its_conditions(params):
     X, y = noisy_regression()
@@ -164,6 +165,38 @@ def test_no_evidence_refit_outside_its_conditions(params):
         assert reg.alpha_ == 0.01
     if params.get("alpha") == "prior":
         assert reg.alpha_ == automatic_alpha("squared_error", y[:, None])
+
+
+@pytest.mark.parametrize("budget", ["max_time", "max_wall_time"])
+def test_a_budget_that_leaves_time_is_shared_by_both_runs(budget):
+    X, y = noisy_regression()
+    unlimited = KFACRegressor(hidden_layer_sizes=(32,), random_state=0).fit(X, y)
+    budgeted = KFACRegressor(hidden_layer_sizes=(32,), random_state=0,
+                             **{budget: 60.0}).fit(X, y)
+    assert budgeted.alpha_ == budgeted.evidence_alpha_ == unlimited.alpha_
+    np.testing.assert_array_equal(budgeted.predict(X), unlimited.predict(X))
+
+
+def test_a_second_run_cut_short_by_the_budget_is_dropped(monkeypatch):
+    X, y = noisy_regression()
+    prior = KFACRegressor(hidden_layer_sizes=(32,), alpha="prior", random_state=0,
+                          max_time=60.0).fit(X, y)
+    runs = []
+    train = BaseKFACEstimator._train
+
+    def second_run_hits_the_budget(self, *args, **kwargs):
+        progress = train(self, *args, **kwargs)
+        runs.append(progress)
+        if len(runs) == 2:
+            progress.stop_reason = "max_time"
+        return progress
+
+    monkeypatch.setattr(BaseKFACEstimator, "_train", second_run_hits_the_budget)
+    reg = KFACRegressor(hidden_layer_sizes=(32,), random_state=0, max_time=60.0).fit(X, y)
+    assert len(runs) == 2
+    assert reg.alpha_ == prior.alpha_ < reg.evidence_alpha_
+    assert reg.n_updates_ == prior.n_updates_ and reg.solver_.alpha == reg.alpha_
+    np.testing.assert_array_equal(reg.predict(X), prior.predict(X))
 
 
 def test_other_estimators_do_not_refit():

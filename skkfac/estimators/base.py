@@ -25,7 +25,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from skkfac import devices
 from skkfac._threads import torch_threads
-from skkfac.callbacks import LogProgress, check_callbacks, logger, verbose_logging
+from skkfac.callbacks import LogProgress, check_callbacks, verbose_logging
 from skkfac.devices import resolve_device
 from skkfac.divergence import constant_prediction_loss
 from skkfac.estimators._checks import (
@@ -34,7 +34,7 @@ from skkfac.estimators._checks import (
     check_representable,
     check_same_network,
 )
-from skkfac.estimators._evidence import evidence_alpha
+from skkfac.estimators._refit import EvidenceRefit
 from skkfac.estimators._regularisation import automatic_alpha
 from skkfac.estimators._transaction import fit_transaction
 from skkfac.losses import get_loss
@@ -59,7 +59,7 @@ def store_parameters(estimator, arguments: dict) -> None:
             setattr(estimator, name, value)
 
 
-class BaseKFACEstimator(BaseEstimator):
+class BaseKFACEstimator(EvidenceRefit, BaseEstimator):
     """Shared parameters, validation, fitting, prediction and learning curves."""
 
     _parameter_constraints: ClassVar[dict] = {
@@ -360,10 +360,12 @@ class BaseKFACEstimator(BaseEstimator):
         initial_weights = ([p.detach().clone() for p in self.model_.parameters()]
                            if self._evidence_refit_possible(first_fit) else None)
         with verbose_logging(bool(self.verbose)):
+            started = time.perf_counter()
             progress = self._train(trainer, X_t, y_t, w_t, incremental)
-            if initial_weights is not None and progress.stop_reason != "diverged":
-                progress = self._refit_with_evidence(trainer, X_t, y_t, w_t, rng,
-                                                     initial_weights) or progress
+            if initial_weights is not None:
+                progress = self._refit_with_evidence(
+                    trainer, (X_t, y_t, w_t), rng, initial_weights, progress,
+                    time.perf_counter() - started)
         self._publish(progress, incremental)
         return self
 
@@ -376,45 +378,6 @@ class BaseKFACEstimator(BaseEstimator):
                                incremental=incremental, sample_weight=sample_weight)
         finally:
             self.model_.eval()
-
-    #: Whether ``alpha='auto'`` refits with the evidence's penalty (the regressor's).
-    _refits_with_evidence = False
-
-    #: ``alpha='auto'`` refits when the evidence's penalty is at least this many times the
-    #: prior's. Below, the fit would barely change (``alpha`` up to 10x the prior's moved
-    #: no test R² beyond its spread, ``benchmarks/results/defaults/small_noisy_levers.txt``)
-    #: and the refit would double the fit time for nothing.
-    EVIDENCE_REFIT_RATIO = 5.0
-
-    def _evidence_refit_possible(self, first_fit: bool) -> bool:
-        """Whether this fit may end with :meth:`_refit_with_evidence`: a first fit
-        with ``alpha='auto'`` and an early-stopping split (which catches the first
-        run's overfitting), and no time budget, which a second run would overrun."""
-        return (self._refits_with_evidence and first_fit and self.alpha == "auto"
-                and self.do_early_stopping_ and self.max_time is None
-                and self.max_wall_time is None)
-
-    def _refit_with_evidence(self, trainer, X, y, sample_weight, rng, initial_weights):
-        """Estimate the penalty the data ask for from the trained network
-        (:func:`~skkfac.estimators._evidence.evidence_alpha`); when it is at least
-        :attr:`EVIDENCE_REFIT_RATIO` times ``alpha_``, train again from the same initial
-        weights and split with it and return that run's progress, else ``None``."""
-        estimate = evidence_alpha(self.model_, X, y, sample_weight, self.alpha_, rng)
-        if estimate is None or not math.isfinite(estimate[0]):
-            return None
-        self.evidence_alpha_, n_well_determined = estimate
-        # alpha_ is 0 only for constant targets, which have no noise to penalise.
-        if not self.evidence_alpha_ >= self.EVIDENCE_REFIT_RATIO * self.alpha_ > 0:
-            return None
-        logger.info("alpha=%.3g: the evidence asks for alpha=%.3g (%.0f well-determined "
-                    "parameters); training again with it", self.alpha_,
-                    self.evidence_alpha_, n_well_determined)
-        with torch.no_grad():
-            torch._foreach_copy_(list(self.model_.parameters()), initial_weights)
-        self.alpha_ = self.evidence_alpha_
-        self.solver_ = self._make_solver(rng)
-        self._progress = TrainingProgress()
-        return self._train(trainer, X, y, sample_weight, incremental=False)
 
     def _make_validator(self, held_out, arrays):
         """The early-stopping score of the held-out rows, higher is better: computed on

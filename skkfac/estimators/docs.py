@@ -56,10 +56,11 @@ OWN_PARAMETERS = {
         "variance ``σ²`` (about 3e-4 for 300 rows of a standardised target, 2e-10 for "
         "MNIST's autoencoder); 0 in ``partial_fit``, which does not know ``n``. "
         "``KFACRegressor`` then asks the data: after a first fit with an early-stopping "
-        "split and no time budget, the evidence approximation (MacKay 1992) estimates the "
-        "penalty from the noise left and the weights' size (``evidence_alpha_``); when "
-        "that is at least 5 times the prior's (noisy targets), the network is trained "
-        "again from its initial weights with it. ``'prior'``: the prior's penalty alone, "
+        "split, the evidence approximation (MacKay 1992) estimates the penalty from the "
+        "noise left and the weights' size (``evidence_alpha_``); when that is at least 5 "
+        "times the prior's (noisy targets), the network is trained again from its initial "
+        "weights with it, within what is left of ``max_time``/``max_wall_time`` (a second "
+        "run the budget cuts short is dropped). ``'prior'``: the prior's penalty alone, "
         "one training run. The value used is ``alpha_``. Note: scikit-learn's MLP "
         "divides ``alpha`` by the batch size."),
     "batch_size": (
