@@ -97,9 +97,10 @@ def evidence_alpha(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor,
                    rng: np.random.RandomState) -> tuple[float, float] | None:
     """``(alpha, γ)``: the evidence's penalty for the squared error at the weights of
     ``model``, trained with penalty ``alpha`` on the rows ``(X, y)`` (``y`` of shape
-    ``(n, d)``), rows weighted by ``sample_weight``. ``None`` when there is no estimate:
-    too many outputs for :data:`KERNEL_SIZE`, zero weights, or ``γ`` within one of the
-    number of residuals (the network interpolates: no noise is left to measure)."""
+    ``(n, d)``), rows weighted by ``sample_weight`` (positive). ``None`` when there is
+    no estimate: too many outputs for :data:`KERNEL_SIZE`, weight matrices that are all
+    zero, or ``γ`` within one of the number of residuals (the network interpolates: no
+    noise is left to measure)."""
     n_rows, n_outputs = y.shape
     rows = min(n_rows, KERNEL_SIZE // n_outputs)
     if rows < min(n_rows, MIN_ROWS):
