@@ -4,6 +4,8 @@ checked against explicit Jacobians and Gauss-Newton matrices, and the regressor'
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from skkfac import KFACAutoencoder, KFACClassifier, KFACRegressor
 from skkfac.estimators import _evidence
@@ -39,6 +41,23 @@ def test_tangent_kernel_is_the_jacobians_gram_matrix(activation, n_outputs):
     J = explicit_jacobian(model, X)
     torch.testing.assert_close(tangent_kernel(model, X), J @ J.T)
     assert all(p.grad is None for p in model.parameters())  # no side effect
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(widths=st.lists(st.integers(1, 5), min_size=0, max_size=3),
+       n_inputs=st.integers(1, 4), n_outputs=st.integers(1, 3), n_rows=st.integers(1, 6),
+       activation=st.sampled_from(["tanh", "relu", "logistic", "identity"]),
+       seed=st.integers(0, 2**16))
+def test_tangent_kernel_for_any_dense_network(widths, n_inputs, n_outputs, n_rows,
+                                              activation, seed):
+    generator = torch.Generator().manual_seed(seed)
+    model = build_mlp(n_inputs, tuple(widths), n_outputs, activation, generator=generator,
+                      dtype=torch.float64)
+    X = torch.randn(n_rows, n_inputs, dtype=torch.float64, generator=generator)
+    J = explicit_jacobian(model, X)
+    kernel = tangent_kernel(model, X)
+    torch.testing.assert_close(kernel, J @ J.T)
+    assert kernel.shape == (n_rows * n_outputs, n_rows * n_outputs)
 
 
 def explicit_evidence_alpha(model, X, y, weight, alpha):
